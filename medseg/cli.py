@@ -1,0 +1,267 @@
+"""The ``medseg`` command line: a thin typer app over the library's functions.
+
+Every user error is one line on stderr (``error: <file>: <what is wrong>``) and exit code 1;
+set ``MEDSEG_DEBUG=1`` to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import MedsegError
+
+app = typer.Typer(
+    help="Segment organs and tumours in CT and MRI with a slice-wise SegNet.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _friendly(fn):
+    """Turn MedsegError (and anything unexpected) into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MedsegError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # last resort: still one line, no traceback
+            if os.environ.get("MEDSEG_DEBUG"):
+                raise
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            err.print(f"[red]error:[/red] unexpected {type(exc).__name__}: {msg}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+    return wrapper
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise MedsegError(f"{path}: cannot write here (no permission on {parent})")
+
+
+@app.command()
+@_friendly
+def segment(
+    input: Path = typer.Argument(..., help="NIfTI/NRRD/MHA file or a folder holding a DICOM series."),
+    output: Path = typer.Option(..., "-o", "--output", help="Mask to write (.nii.gz)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model bundle folder (default: the bundled model)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    series: Optional[str] = typer.Option(None, help="SeriesInstanceUID, when the folder holds several series."),
+    modality: Optional[str] = typer.Option(None, help="CT or MR, for files that do not say (NIfTI)."),
+    batch_size: int = typer.Option(8, min=1, help="Slices per forward pass."),
+    reference: Optional[Path] = typer.Option(None, help="Ground-truth label map: print Dice per label."),
+) -> None:
+    """Segment one scan and write its label map in the scan's geometry."""
+    from .bundle import load_bundle
+    from .inference import resolve_device, segment as run_segment
+    from .io import check_output_path, load_scan, save_mask
+    from .metrics import label_volumes_ml
+
+    scan = load_scan(input, series_uid=series, modality=modality)
+    check_output_path(output, scan)
+    _check_writable(output)
+    dev = resolve_device(device)
+    bundle = load_bundle(model, device=dev)
+    ref = _load_reference(reference, scan) if reference is not None else None
+    t0 = time.perf_counter()
+    with _progress() as bar:
+        task = bar.add_task("segmenting", total=scan.shape[2])
+        labels = run_segment(
+            scan, bundle, device=dev, batch_size=batch_size, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    seconds = time.perf_counter() - t0
+    save_mask(labels, scan, output)
+    err.print(
+        f"{scan.source.name}: {scan.shape[0]}x{scan.shape[1]}x{scan.shape[2]} "
+        f"({', '.join(f'{s:.2f}' for s in scan.spacing)} mm, {''.join(scan.axcodes)}) segmented in {seconds:.1f} s "
+        f"on {dev.type} -> {output}",
+        highlight=False,
+    )
+    volumes = label_volumes_ml(labels, scan.voxel_volume_ml, bundle.card.labels)
+    table = Table(title="Volumes")
+    table.add_column("label")
+    table.add_column("mL", justify="right")
+    for name, ml in volumes.items():
+        table.add_row(name, f"{ml:.1f}")
+    if not volumes:
+        table.add_row("(nothing found)", "")
+    out.print(table)
+    if ref is not None:
+        _print_dice(labels, ref, bundle.card.labels)
+
+
+def _load_reference(path: Path, scan):
+    import numpy as np
+
+    from .io import load_scan
+
+    ref = load_scan(path)
+    if ref.shape != scan.shape or not np.allclose(ref.affine, scan.affine, atol=1e-3):
+        raise MedsegError(f"{path}: reference grid {ref.shape} does not match the scan {scan.shape} (shape or affine)")
+    return ref.array
+
+
+def _print_dice(labels, ref, names: dict[str, int]) -> None:
+    from .metrics import dice_per_label
+
+    dice = dice_per_label(labels, ref, names)
+    table = Table(title="Dice against the reference")
+    table.add_column("label")
+    table.add_column("Dice", justify="right")
+    for name, value in dice.items():
+        table.add_row(name, "absent in both" if math.isnan(value) else f"{value:.3f}")
+    out.print(table)
+
+
+@app.command()
+@_friendly
+def info(
+    input: Path = typer.Argument(..., help="Scan file or DICOM folder."),
+    series: Optional[str] = typer.Option(None, help="SeriesInstanceUID, when the folder holds several series."),
+) -> None:
+    """Print a scan's geometry (shape, spacing, orientation, affine) and value range."""
+    from .io import load_scan
+
+    scan = load_scan(input, series_uid=series)
+    out.print(f"source:    {scan.source}")
+    out.print(f"modality:  {scan.modality or 'unknown'}" + (f"  series {scan.series_uid}" if scan.series_uid else ""))
+    out.print(f"shape:     {scan.shape}  dtype {scan.array.dtype}")
+    out.print(f"spacing:   {tuple(round(float(s), 4) for s in scan.spacing)} mm  orientation {''.join(scan.axcodes)}")
+    out.print(f"values:    {scan.array.min()} .. {scan.array.max()}")
+    out.print("affine (RAS):")
+    for row in scan.affine:
+        out.print("  " + "  ".join(f"{v:10.4f}" for v in row))
+
+
+@app.command()
+@_friendly
+def train(
+    dataset: Path = typer.Argument(..., help="Dataset folder: imagesTr/, labelsTr/, dataset.json."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run folder: best/ and last/ bundles, history.csv."),
+    epochs: int = typer.Option(30, min=1),
+    steps_per_epoch: int = typer.Option(40, min=1),
+    batch_size: int = typer.Option(8, min=1),
+    lr: float = typer.Option(2e-3),
+    width: int = typer.Option(16, min=1, help="SegNet base width (64 = the paper's)."),
+    context: int = typer.Option(1, min=0, help="Neighbouring slices on each side as extra channels."),
+    spacing: float = typer.Option(2.0, help="In-plane training spacing (mm)."),
+    crop: int = typer.Option(160, min=32, help="Training patch size (pixels)."),
+    val_cases: int = typer.Option(2, min=1),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    name: str = typer.Option("medseg-segnet", help="Model name recorded in the model card."),
+) -> None:
+    """Train a SegNet on image/label pairs (a minimal loop; validation Dice picks the best epoch)."""
+    from .training import TrainConfig, train as run_train
+
+    cfg = TrainConfig(
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        width=width,
+        context_slices=context,
+        spacing=(spacing, spacing),
+        crop=crop,
+        val_cases=val_cases,
+        seed=seed,
+        device=device,
+        name=name,
+    )
+    command = "medseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    with _progress() as bar:
+        task = bar.add_task("training", total=epochs)
+
+        def on_epoch(epoch: int, row: dict) -> None:
+            bar.update(task, completed=epoch)
+            dice = " ".join(f"{k[5:]}={v:.3f}" for k, v in row.items() if k.startswith("dice_"))
+            bar.console.print(
+                f"epoch {epoch:3d}  loss {row['loss']:.4f}  val mean Dice {row['mean_dice']:.3f}  "
+                f"({row['slices_per_s']:.1f} slices/s)  {dice}",
+                highlight=False,
+            )
+
+        bundle = run_train(dataset, output, cfg, on_epoch=on_epoch, command=command)
+    err.print(f"best model (val mean Dice {max(bundle.card.training.get('val_dice', {0: 0}).values()):.3f}...) in {output / 'best'}")
+
+
+@app.command()
+@_friendly
+def phantom(
+    output: Path = typer.Argument(..., help="Dataset folder to write (imagesTr/, labelsTr/, dataset.json)."),
+    seeds: str = typer.Option("100-123", help="Seeds: a range '100-123' or a list '1,2,5'."),
+) -> None:
+    """Generate a training set of synthetic abdominal CT phantoms with ground-truth labels."""
+    from .phantom import make_dataset
+
+    make_dataset(output, _parse_seeds(seeds))
+    err.print(f"wrote {len(_parse_seeds(seeds))} phantom cases to {output}")
+
+
+@app.command("sample-data")
+@_friendly
+def sample_data(
+    output: Path = typer.Argument(Path("sample_data"), help="Folder for the sample case."),
+    seed: int = typer.Option(7, help="Phantom seed (not one of the training seeds)."),
+) -> None:
+    """Regenerate the bundled sample case: phantom CT as NIfTI and as a DICOM series, plus its labels."""
+    from .sample import write_sample
+
+    paths = write_sample(output, seed=seed)
+    for p in paths:
+        err.print(f"wrote {p}")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        if "-" in text:
+            a, b = text.split("-", 1)
+            return list(range(int(a), int(b) + 1))
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise MedsegError(f"--seeds {text!r}: expected a range like 100-123 or a list like 1,2,5") from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

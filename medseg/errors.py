@@ -1,0 +1,9 @@
+"""Errors that carry a one-line, user-facing message."""
+
+
+class MedsegError(Exception):
+    """A problem with the user's input or environment.
+
+    The message is one line that names the file and what is wrong; the CLI prints it
+    without a traceback and exits non-zero.
+    """

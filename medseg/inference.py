@@ -1,0 +1,122 @@
+"""Scan -> label map, slice by slice. No file I/O here.
+
+Layers, as in nnU-Net's predictor: :func:`segment` takes a loaded :class:`~medseg.io.Scan`
+and a :class:`~medseg.bundle.Bundle`; :func:`predict_volume` takes a canonical (RAS-ordered)
+array and any callable mapping a batch of slices (B, C, H, W) to logits (B, K, H, W).
+
+Memory stays bounded: slices are preprocessed, resampled, predicted, resampled back and
+reduced to class indices one batch at a time, so float logits are never held for the whole
+volume.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .bundle import Bundle
+from .errors import MedsegError
+from .io import Scan
+from .transforms import (
+    canonical_spacing,
+    canonical_view,
+    from_canonical,
+    gather_slices,
+    intensity_range,
+    intensity_transform,
+    resize_slices,
+    target_size,
+)
+
+Progress = Callable[[int, int], None]
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU. Asking for CUDA without one is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedsegError("--device cuda: no CUDA device is available on this machine (use cpu or auto)")
+    return dev
+
+
+def predict_volume(
+    volume: np.ndarray,
+    spacing: tuple[float, float],
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    intensity: tuple[float, float],
+    target_spacing: tuple[float, float],
+    context: int = 0,
+    label_values: list[int] | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Label map (same shape as ``volume``) predicted slice by slice along the third axis.
+
+    ``volume`` is (X, Y, Z) with in-plane voxel sizes ``spacing``; each batch of slices (with
+    ``context`` neighbours on each side as channels) is scaled from ``intensity`` to [0, 1],
+    resampled to ``target_spacing``, passed to ``predictor``, and its logits resampled back
+    before the argmax. ``label_values[c]`` is written for class ``c`` (default: ``c``).
+    """
+    device = torch.device(device)
+    x_size, y_size, depth = volume.shape
+    size_in = target_size((x_size, y_size), spacing, target_spacing)
+    scale = intensity_transform(*intensity)
+    lut = None if label_values is None else torch.as_tensor(label_values, device=device)
+    out_dtype = np.uint8 if (label_values is None or max(label_values) < 256) else np.uint16
+    out = np.zeros(volume.shape, dtype=out_dtype)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    with torch.inference_mode(), autocast:
+        for start in range(0, depth, batch_size):
+            z = np.arange(start, min(start + batch_size, depth))
+            x = gather_slices(volume, z, context)
+            x = torch.nan_to_num(scale(x.to(device)))
+            x = x.as_tensor() if hasattr(x, "as_tensor") else x
+            logits = predictor(resize_slices(x, size_in, "bilinear"))
+            logits = resize_slices(logits.float(), (x_size, y_size), "bilinear")
+            classes = logits.argmax(dim=1)
+            if lut is not None:
+                classes = lut[classes]
+            out[:, :, z[0] : z[-1] + 1] = classes.permute(1, 2, 0).cpu().numpy().astype(out_dtype)
+            if progress is not None:
+                progress(int(z[-1]) + 1, depth)
+    return out
+
+
+def segment(
+    scan: Scan,
+    bundle: Bundle,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Label map for ``scan`` on the scan's own grid (same shape and axis order as ``scan.array``)."""
+    card = bundle.card
+    if scan.modality and scan.modality.upper() != card.modality.upper():
+        raise MedsegError(
+            f"{scan.source}: the model '{card.name}' is for {card.modality} but the scan is {scan.modality}"
+        )
+    dev = resolve_device(device)
+    model = bundle.model.to(dev).eval()
+    view, ornt = canonical_view(scan.array, scan.affine, card.orientation)
+    spacing = canonical_spacing(scan.affine, ornt)
+    labels = predict_volume(
+        view,
+        (float(spacing[0]), float(spacing[1])),
+        model,
+        intensity=intensity_range(view, card.preprocessing),
+        target_spacing=tuple(card.spacing),
+        context=card.context_slices,
+        label_values=card.label_values,
+        batch_size=batch_size,
+        device=dev,
+        progress=progress,
+    )
+    return np.ascontiguousarray(from_canonical(labels, ornt, card.orientation))
