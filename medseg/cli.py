@@ -28,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     no_args_is_help=True,
 )
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 

@@ -222,7 +222,7 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         seconds = time.perf_counter() - t0
         dice = evaluate_cases(model, val, card, device)
         mean_dice = float(np.mean(list(dice.values()))) if dice else 0.0
