@@ -219,7 +219,9 @@ def train(
             )
 
         bundle = run_train(dataset, output, cfg, on_epoch=on_epoch, command=command)
-    err.print(f"best model (val mean Dice {max(bundle.card.training.get('val_dice', {0: 0}).values()):.3f}...) in {output / 'best'}")
+    dice = bundle.card.training.get("val_dice", {})
+    mean = sum(dice.values()) / len(dice) if dice else float("nan")
+    err.print(f"best model: epoch {bundle.card.training.get('epoch')}, val mean Dice {mean:.3f}, in {output / 'best'}")
 
 
 @app.command()

@@ -12,7 +12,6 @@ array indexed ``[i, j, k]`` in the order the file stores it, and the 4x4 affine 
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -494,21 +493,6 @@ def save_mask(labels: np.ndarray, scan: Scan, path: str | os.PathLike) -> Path:
     return path
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _reason(exc: BaseException) -> str:
     """First meaningful line of an exception message (SimpleITK's are several lines long)."""
     text = str(exc).strip() or type(exc).__name__
@@ -530,5 +514,4 @@ __all__ = [
     "sort_and_check_slices",
     "sitk_to_ras_affine",
     "label_dtype",
-    "atomic_write_bytes",
 ]

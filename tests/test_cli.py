@@ -106,3 +106,19 @@ def test_output_errors(tmp_path):
 def test_info(tmp_path):
     r = medseg("info", SAMPLE_DICOM)
     assert r.returncode == 0 and "LPS" in r.stdout and "CT" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["real_ct_dicom", "ct_abdomen_3mm.nii.gz", "mr_3mm_lps.nii.gz"])
+def test_segment_real_scans_keeps_geometry(shared_data, tmp_path, name):
+    out = tmp_path / "mask.nii.gz"
+    r = medseg("segment", shared_data / name, "-o", out)
+    assert r.returncode == 0, r.stderr
+    scan = load_scan(shared_data / name)
+    mask = nib.load(str(out))
+    assert mask.shape == scan.shape
+    np.testing.assert_allclose(mask.affine, scan.affine, atol=1e-4)
+
+
+def test_modality_mismatch_from_cli(shared_data, tmp_path):
+    r = medseg("segment", shared_data / "mr_3mm_lps.nii.gz", "-o", tmp_path / "m.nii.gz", "--modality", "MR")
+    assert r.returncode == 1 and "is for CT but the scan is MR" in r.stderr

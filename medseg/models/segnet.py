@@ -75,7 +75,10 @@ class SegNetDecoder(nn.Module):
 
     def forward(self, x: torch.Tensor, indices, sizes) -> torch.Tensor:
         for stage, idx, size in zip(self.stages, reversed(indices), reversed(sizes)):
-            x = F.max_unpool2d(x, idx, kernel_size=2, stride=2, output_size=size)
+            # SegNet pads inputs to a multiple of 32, so every pooled map is exactly half its input
+            # and the default output size is right; passing output_size costs a slow validation.
+            out = None if tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1]) else size
+            x = F.max_unpool2d(x, idx, kernel_size=2, stride=2, output_size=out)
             x = stage(x)
         return x
 
