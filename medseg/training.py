@@ -23,7 +23,7 @@ from . import __version__
 from .bundle import Bundle, ModelCard, build_model, load_bundle, save_bundle
 from .data import Case, find_cases, read_labels
 from .errors import MedsegError
-from .inference import predict_volume, resolve_device
+from .inference import resolve_device, segment
 from .io import load_scan
 from .metrics import dice_per_label
 from .transforms import (
@@ -31,7 +31,6 @@ from .transforms import (
     canonical_view,
     context_indices,
     default_preprocessing,
-    from_canonical,
     intensity_range,
     intensity_transform,
     resize_slices,
@@ -141,26 +140,13 @@ def sample_batch(cases: list[PreparedCase], cfg: TrainConfig, rng: np.random.Gen
 
 
 def evaluate_cases(model, cases: list[Case], card: ModelCard, device) -> dict[str, float]:
-    """Mean 3D Dice per label of full-volume slice-wise predictions on held-out cases."""
+    """Mean 3D Dice per label of full-volume slice-wise predictions (the inference path) on held-out cases."""
     model.eval()
+    bundle = Bundle(card, model)
     scores: dict[str, list[float]] = {}
     for case in cases:
-        image = load_scan(case.image, modality=card.modality)
-        ref = load_scan(case.label).array
-        view, ornt = canonical_view(image.array, image.affine, card.orientation)
-        sp = canonical_spacing(image.affine, ornt)
-        pred = predict_volume(
-            view,
-            (sp[0], sp[1]),
-            model,
-            intensity=intensity_range(view, card.preprocessing),
-            target_spacing=tuple(card.spacing),
-            context=card.context_slices,
-            label_values=card.label_values,
-            device=device,
-        )
-        pred = from_canonical(pred, ornt, card.orientation)
-        for k, v in dice_per_label(pred, ref, card.labels).items():
+        pred = segment(load_scan(case.image, modality=card.modality), bundle, device=device)
+        for k, v in dice_per_label(pred, load_scan(case.label).array, card.labels).items():
             if not math.isnan(v):
                 scores.setdefault(k, []).append(v)
     return {k: float(np.mean(v)) for k, v in scores.items()}
