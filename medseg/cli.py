@@ -72,6 +72,8 @@ def _check_writable(path: Path) -> None:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise MedsegError(f"{path}: cannot write here ({parent} is a file, not a folder)")
     if not os.access(parent, os.W_OK):
         raise MedsegError(f"{path}: cannot write here (no permission on {parent})")
 
@@ -187,6 +189,7 @@ def train(
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     name: str = typer.Option("medseg-segnet", help="Model name recorded in the model card."),
+    class_weights: str = typer.Option("none", help="none, or sqrt-inverse (weight classes by 1/sqrt(frequency))."),
 ) -> None:
     """Train a SegNet on image/label pairs (a minimal loop; validation Dice picks the best epoch)."""
     from .training import TrainConfig, train as run_train
@@ -204,6 +207,7 @@ def train(
         seed=seed,
         device=device,
         name=name,
+        class_weights=class_weights,
     )
     command = "medseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with _progress() as bar:

@@ -142,15 +142,47 @@ def _load_nifti(path: Path) -> Scan:
         raise MedsegError(f"{path}: not a NIfTI image")
     index = _squeeze_to_3d(img.shape, path)
     try:
-        arr = np.asanyarray(img.dataobj[index] if len(img.shape) > 3 else img.dataobj)
+        arr = _nifti_voxels(img.dataobj, index, path)
+    except MedsegError:
+        raise
     except Exception as exc:  # truncated gzip (EOFError), zlib.error, short file (ValueError), ...
         raise MedsegError(f"{path}: image data is truncated or corrupt ({_reason(exc)})") from None
     return Scan(
-        array=_native(np.asarray(arr), path),
+        array=arr,
         affine=_check_affine(img.affine, path),
         source=path,
         header=img.header,
     )
+
+
+def _nifti_voxels(proxy, index: tuple, path: Path) -> np.ndarray:
+    """Voxel values with scl_slope/scl_inter applied, in the narrowest sensible type.
+
+    nibabel would return float64 for any scaled image (8 bytes a voxel); an integer image
+    with slope 1 and an integer intercept (CT stored as uint16 + -1024) stays integer, other
+    scaled images become float32.
+    """
+    if not hasattr(proxy, "get_unscaled"):  # already an array
+        return _native(np.asarray(proxy)[index], path)
+    raw = _native(np.asarray(proxy.get_unscaled())[index], path)
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    if not np.isfinite(slope) or slope == 0:
+        slope = 1.0
+    if not np.isfinite(inter):
+        inter = 0.0
+    if slope == 1.0 and inter == 0.0:
+        return raw
+    if slope == 1.0 and inter.is_integer() and raw.dtype.kind in "iu" and raw.size:
+        lo, hi = int(raw.min()) + int(inter), int(raw.max()) + int(inter)
+        for dtype in (np.int16, np.int32, np.int64):
+            if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
+                out = raw.astype(dtype)
+                out += dtype(inter)
+                return out
+    out = raw.astype(np.float32)
+    out *= np.float32(slope)
+    out += np.float32(inter)
+    return out
 
 
 def sitk_to_ras_affine(image) -> np.ndarray:

@@ -57,6 +57,7 @@ class TrainConfig:
     device: str = "auto"
     name: str = "medseg-segnet"
     modality: str | None = None
+    class_weights: str = "none"  # "none", or "sqrt-inverse": CE weighted by 1/sqrt(class frequency)
     half_precision_weights: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -190,6 +191,8 @@ def train(
     card.validate()
     prepared = [prepare_case(c, card) for c in trn]
     model = build_model(card).to(device)
+    weight = _class_weights(prepared, len(card.labels), cfg.class_weights)
+    weight = weight.to(device) if weight is not None else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
@@ -203,7 +206,7 @@ def train(
         t0, losses = time.perf_counter(), []
         for _ in range(cfg.steps_per_epoch):
             x, y = sample_batch(prepared, cfg, rng)
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            loss = F.cross_entropy(model(x.to(device)), y.to(device), weight=weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -225,7 +228,7 @@ def train(
             "train_cases": [c.name for c in trn],
             "val_cases": [c.name for c in val],
             "epoch": epoch,
-            "loss": "cross-entropy",
+            "loss": "cross-entropy" + (f" ({cfg.class_weights} class weights)" if weight is not None else ""),
             "optimizer": f"AdamW(lr={cfg.lr}, weight_decay={cfg.weight_decay}), one-cycle schedule",
             "seed": cfg.seed,
             "device": str(device),
@@ -241,6 +244,17 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, row)
     return load_bundle(run_dir / "best", device=device)
+
+
+def _class_weights(cases: list[PreparedCase], num_classes: int, mode: str) -> torch.Tensor | None:
+    """Cross-entropy class weights from the training voxels' class frequencies (mean weight 1)."""
+    if mode == "none":
+        return None
+    if mode != "sqrt-inverse":
+        raise MedsegError(f"class weights {mode!r}: expected none or sqrt-inverse")
+    counts = sum(np.bincount(c.classes.ravel(), minlength=num_classes).astype(np.float64) for c in cases)
+    w = 1.0 / np.sqrt(np.maximum(counts, 1.0) / counts.sum())
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
 def _dataset_modality(meta: dict) -> str | None:

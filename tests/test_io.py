@@ -196,3 +196,18 @@ def test_unwritable_output(shared_data, tmp_path):
     blocker.write_text("x")
     with pytest.raises(MedsegError, match="cannot"):
         save_mask(np.zeros(scan.shape, np.uint8), scan, blocker / "mask.nii.gz")
+
+
+def test_scaled_nifti_values_and_compact_types(tmp_path):
+    raw = (np.arange(120, dtype=np.uint16).reshape(4, 5, 6) * 30).astype(np.uint16)
+    img = nib.Nifti1Image(raw, np.diag([0.8, 0.8, 2.5, 1.0]))
+    img.header.set_slope_inter(1.0, -1024.0)  # CT stored unsigned with an intercept
+    nib.save(img, str(tmp_path / "ct.nii.gz"))
+    scan = load_scan(tmp_path / "ct.nii.gz")
+    assert scan.array.dtype == np.int16
+    np.testing.assert_array_equal(scan.array, raw.astype(np.int32) - 1024)
+    img.header.set_slope_inter(0.5, 3.25)
+    nib.save(img, str(tmp_path / "mr.nii.gz"))
+    scan = load_scan(tmp_path / "mr.nii.gz")
+    assert scan.array.dtype == np.float32
+    np.testing.assert_allclose(scan.array, raw * 0.5 + 3.25)
