@@ -42,7 +42,7 @@ phantoms: setup
 	$(BIN)/medseg phantom runs/phantoms --seeds 100-123
 
 model: phantoms
-	$(BIN)/medseg train runs/phantoms -o runs/bundled --epochs 40 --steps-per-epoch 50 --crop 128 --seed 0 \
+	$(BIN)/medseg train runs/phantoms -o runs/bundled --epochs 40 --steps-per-epoch 60 --crop 128 --seed 0 \
 		--name medseg-phantom-abdomen-ct
 	rm -rf sample_data/model && cp -r runs/bundled/best sample_data/model
 

@@ -193,7 +193,10 @@ def save_bundle(model: nn.Module, card: ModelCard, folder: str | os.PathLike, *,
         }
         save_file(state, str(tmp / WEIGHT_NAMES[0]), metadata={"format": "pt", "medseg_card": CARD_NAME})
         (tmp / CARD_NAME).write_text(card.to_json())
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        # mkdtemp and safetensors make private files; a bundle is meant to be shared
+        os.chmod(tmp, 0o755)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         old = None
         if folder.exists():
             old = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.old"

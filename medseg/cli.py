@@ -130,14 +130,10 @@ def segment(
 
 
 def _load_reference(path: Path, scan):
-    import numpy as np
-
     from .io import load_scan
+    from .transforms import array_on_grid_of
 
-    ref = load_scan(path)
-    if ref.shape != scan.shape or not np.allclose(ref.affine, scan.affine, atol=1e-3):
-        raise MedsegError(f"{path}: reference grid {ref.shape} does not match the scan {scan.shape} (shape or affine)")
-    return ref.array
+    return array_on_grid_of(scan, load_scan(path))
 
 
 def _print_dice(labels, ref, names: dict[str, int]) -> None:
@@ -172,6 +168,25 @@ def info(
         out.print("  " + "  ".join(f"{v:10.4f}" for v in row))
 
 
+@app.command("check-dataset")
+@_friendly
+def check_dataset(
+    dataset: Path = typer.Argument(..., help="Dataset folder: imagesTr/, labelsTr/, dataset.json."),
+) -> None:
+    """Check a dataset before training; list every problem with its file names."""
+    from .data import check_dataset as run_check
+
+    idx = run_check(dataset)
+    for problem in idx.problems:
+        err.print(f"[red]problem:[/red] {problem}", highlight=False, soft_wrap=True)
+    labels = ", ".join(f"{v}={k}" for k, v in sorted(idx.labels.items(), key=lambda kv: kv[1]))
+    summary = f"{dataset}: {len(idx.cases)} case(s), modality {idx.modality or 'unknown'}, labels {labels or 'none'}"
+    if idx.problems:
+        err.print(f"{summary}: {len(idx.problems)} problem(s)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(f"{summary}: OK", highlight=False)
+
+
 @app.command()
 @_friendly
 def train(
@@ -190,6 +205,7 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     name: str = typer.Option("medseg-segnet", help="Model name recorded in the model card."),
     class_weights: str = typer.Option("none", help="none, or sqrt-inverse (weight classes by 1/sqrt(frequency))."),
+    init: Optional[Path] = typer.Option(None, help="Bundle to fine-tune from (labels matched by name)."),
 ) -> None:
     """Train a SegNet on image/label pairs (a minimal loop; validation Dice picks the best epoch)."""
     from .training import TrainConfig, train as run_train
@@ -208,6 +224,7 @@ def train(
         device=device,
         name=name,
         class_weights=class_weights,
+        init=str(init) if init else None,
     )
     command = "medseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with _progress() as bar:

@@ -1,20 +1,29 @@
 """Datasets of image/label pairs and their checks.
 
-Reads the Medical Segmentation Decathlon / nnU-Net layout: ``imagesTr/`` and ``labelsTr/``
-with matching names (nnU-Net's ``_0000`` channel suffix on images is accepted) and an
-optional ``dataset.json`` whose ``labels`` are ``name -> value`` (nnU-Net v2) or
-``value -> name`` (MSD).
+Reads the layouts medical-imaging people already use:
+
+- Medical Segmentation Decathlon (MSD): ``imagesTr/``, ``labelsTr/`` and a ``dataset.json``
+  whose ``labels`` map value -> name and whose ``training`` list names image/label pairs;
+- nnU-Net v2: the same folders, ``labels`` as name -> value, and a ``_0000`` channel suffix
+  on image files;
+- images may also be DICOM series folders inside ``imagesTr/`` with NIfTI masks in
+  ``labelsTr/`` named after the folder.
+
+:func:`check_dataset` reports every problem (missing labels, grids that do not match,
+undeclared label values, files named in dataset.json that do not exist) with file names.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .errors import MedsegError
-from .io import NIFTI_SUFFIXES, SITK_SUFFIXES
+from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, grid_mismatch, load_scan
 
 _CHANNEL = re.compile(r"_\d{4}$")
 
@@ -26,13 +35,29 @@ class Case:
     label: Path
 
 
+@dataclass
+class DatasetIndex:
+    """What a dataset folder holds: its cases, declared labels and modality, and its problems."""
+
+    root: Path
+    cases: list[Case] = field(default_factory=list)
+    labels: dict[str, int] = field(default_factory=dict)
+    modality: str | None = None
+    meta: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
 def _case_name(path: Path) -> str:
     name = path.name
     for suffix in NIFTI_SUFFIXES[::-1] + SITK_SUFFIXES:
         if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+            return name[: -len(suffix)]
     return name
+
+
+def _visible(folder: Path) -> list[Path]:
+    """Entries of a folder, without hidden files (MSD archives carry macOS '._' files)."""
+    return [p for p in sorted(folder.iterdir()) if not p.name.startswith((".", "_"))]
 
 
 def read_labels(dataset_json: dict) -> dict[str, int]:
@@ -47,32 +72,125 @@ def read_labels(dataset_json: dict) -> dict[str, int]:
     return out
 
 
-def find_cases(root: str | Path) -> tuple[list[Case], dict]:
-    """Image/label pairs of a dataset folder and its dataset.json (``{}`` when absent)."""
+def read_modality(dataset_json: dict) -> str | None:
+    """CT or MR from nnU-Net's ``channel_names`` or MSD's ``modality``."""
+    channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
+    if isinstance(channels, dict) and channels:
+        first = str(next(iter(channels.values()))).upper()
+        if first == "CT":
+            return "CT"
+        if first in ("MR", "MRI", "T1", "T2", "FLAIR", "T1W", "T2W", "ADC", "DWI", "T1GD", "T1C"):
+            return "MR"
+    return None
+
+
+def index_dataset(root: str | Path) -> DatasetIndex:
+    """Find a dataset's cases without reading any image; problems are collected, not raised."""
     root = Path(root)
-    images, labels = root / "imagesTr", root / "labelsTr"
-    if not images.is_dir() or not labels.is_dir():
-        raise MedsegError(f"{root}: expected imagesTr/ and labelsTr/ folders (MSD / nnU-Net layout)")
-    meta: dict = {}
-    if (root / "dataset.json").is_file():
+    idx = DatasetIndex(root)
+    if not root.is_dir():
+        idx.problems.append(f"{root}: not a folder")
+        return idx
+    meta_path = root / "dataset.json"
+    if meta_path.is_file():
         try:
-            meta = json.loads((root / "dataset.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise MedsegError(f"{root / 'dataset.json'}: unreadable ({exc})") from None
-    label_files = {
-        _case_name(p): p for p in sorted(labels.iterdir()) if not p.name.startswith((".", "_")) and p.is_file()
-    }
-    cases, missing = [], []
-    for img in sorted(images.iterdir()):
-        if img.name.startswith((".", "_")):
+            idx.meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            idx.problems.append(f"{meta_path}: unreadable ({exc})")
+    idx.labels = read_labels(idx.meta) if isinstance(idx.meta, dict) else {}
+    idx.modality = read_modality(idx.meta) if isinstance(idx.meta, dict) else None
+    if not idx.labels:
+        idx.problems.append(f"{meta_path}: no labels declared (dataset.json 'labels')")
+    elif 0 not in idx.labels.values():
+        idx.problems.append(f"{meta_path}: labels {idx.labels} declare no background (value 0)")
+
+    training = idx.meta.get("training") if isinstance(idx.meta, dict) else None
+    if isinstance(training, list) and training:
+        for entry in training:
+            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+                idx.problems.append(f"{meta_path}: 'training' entry {entry!r} lacks image or label")
+                continue
+            image, label = root / entry["image"], root / entry["label"]
+            ok = True
+            for p in (image, label):
+                if not p.exists():
+                    alt = _with_channel(p)
+                    if alt is not None and p == image:
+                        image = alt
+                        continue
+                    idx.problems.append(f"{p}: named in dataset.json but missing")
+                    ok = False
+            if ok:
+                idx.cases.append(Case(_CHANNEL.sub("", _case_name(image)), image, label))
+    else:
+        images, labels = root / "imagesTr", root / "labelsTr"
+        if not images.is_dir() or not labels.is_dir():
+            idx.problems.append(f"{root}: expected imagesTr/ and labelsTr/ folders (MSD / nnU-Net layout)")
+            return idx
+        label_files = {_case_name(p): p for p in _visible(labels) if p.is_file()}
+        seen = set()
+        for img in _visible(images):
+            name = _CHANNEL.sub("", _case_name(img))
+            if name in label_files:
+                idx.cases.append(Case(name, img, label_files[name]))
+                seen.add(name)
+            else:
+                idx.problems.append(f"{img}: no label file for it in labelsTr/ (expected {name}.nii.gz)")
+        for name, p in label_files.items():
+            if name not in seen:
+                idx.problems.append(f"{p}: label without an image in imagesTr/")
+    if not idx.cases and not idx.problems:
+        idx.problems.append(f"{root}: the dataset is empty (no image/label pairs)")
+    return idx
+
+
+def _with_channel(path: Path) -> Path | None:
+    """MSD names images without nnU-Net's ``_0000``; accept either spelling."""
+    name = _case_name(path)
+    for cand in path.parent.glob(name + "_0000*"):
+        return cand
+    return None
+
+
+def find_cases(root: str | Path) -> tuple[list[Case], dict]:
+    """Image/label pairs of a dataset folder and its dataset.json; raises on any indexing problem."""
+    idx = index_dataset(root)
+    if idx.problems:
+        more = f" (and {len(idx.problems) - 1} more problem(s); run medseg check-dataset)" if len(idx.problems) > 1 else ""
+        raise MedsegError(idx.problems[0] + more)
+    return idx.cases, idx.meta
+
+
+def check_dataset(root: str | Path) -> DatasetIndex:
+    """Index a dataset and read every pair: all problems land in ``.problems`` with file names.
+
+    Checks: every image has a label; each label lies on its image's voxel grid in world space
+    (any axis order or flips, but not shifted, cropped or resampled); every label value is
+    declared in dataset.json; files are readable.
+    """
+    idx = index_dataset(root)
+    declared = set(idx.labels.values())
+    for case in idx.cases:
+        try:
+            image = load_scan(case.image, modality=idx.modality)
+            label = load_scan(case.label)
+        except MedsegError as exc:
+            idx.problems.append(str(exc))
             continue
-        name = _CHANNEL.sub("", _case_name(img))
-        if name in label_files:
-            cases.append(Case(name, img, label_files[name]))
-        else:
-            missing.append(img.name)
-    if missing:
-        raise MedsegError(f"{root}: no label in labelsTr/ for {len(missing)} image(s): {', '.join(missing[:5])}")
-    if not cases:
-        raise MedsegError(f"{root}: no image/label pairs found")
-    return cases, meta
+        why = grid_mismatch(image, label)
+        if why is not None:
+            idx.problems.append(f"{case.label}: {why} of its image {case.image.name}")
+        arr = label.array
+        if arr.dtype.kind == "f":
+            if not np.all(np.mod(arr, 1) == 0):
+                idx.problems.append(f"{case.label}: label values are not whole numbers")
+                continue
+            arr = arr.astype(np.int64)
+        if arr.size and arr.min() < 0:
+            idx.problems.append(f"{case.label}: negative label values")
+            continue
+        present = set(np.flatnonzero(np.bincount(arr.ravel())).tolist())
+        undeclared = sorted(present - declared)
+        if declared and undeclared:
+            idx.problems.append(f"{case.label}: label values {undeclared} are not declared in dataset.json")
+    return idx

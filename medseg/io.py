@@ -447,6 +447,43 @@ def _read_series(folder: Path, s: DicomSeries) -> Scan:
     )
 
 
+# ---------------------------------------------------------------------------------------------- grids
+
+
+def canonical_grid(affine: np.ndarray, shape: tuple[int, ...], axcodes: str = "RAS") -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of the same voxel grid viewed in ``axcodes`` axis order (no resampling)."""
+    ornt = nib.orientations.io_orientation(affine)
+    to_canon = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(tuple(axcodes)))
+    new_shape = tuple(int(shape[int(i)]) for i in np.argsort(to_canon[:, 0]))
+    return new_shape, affine @ nib.orientations.inv_ornt_aff(to_canon, shape)
+
+
+def grid_mismatch(a: Scan, b: Scan, tol: float | None = None) -> str | None:
+    """Why ``b``'s voxel centres differ from ``a``'s, or None when both grids hold the same centres.
+
+    Axis order and flips may differ (an image stored LPS with its mask stored LAS is fine); a
+    shifted, cropped, resampled or rotated grid is not. ``tol`` (mm) defaults to 1 % of the
+    smallest voxel size.
+    """
+    sa, aa = canonical_grid(a.affine, a.shape)
+    sb, ab = canonical_grid(b.affine, b.shape)
+    if sa != sb:
+        return f"grid size {b.shape} does not match {a.shape} (in RAS order {sb} vs {sa})"
+    if tol is None:
+        tol = 0.01 * float(min(a.spacing.min(), b.spacing.min())) + 1e-4
+    corners = np.array([[i, j, k, 1] for i in (0, sa[0] - 1) for j in (0, sa[1] - 1) for k in (0, sa[2] - 1)], float)
+    gap = float(np.abs(corners @ aa.T - corners @ ab.T)[:, :3].max())
+    if gap <= tol:
+        return None
+    spa, spb = np.sqrt((aa[:3, :3] ** 2).sum(0)), np.sqrt((ab[:3, :3] ** 2).sum(0))
+    if not np.allclose(spa, spb, atol=tol):
+        return f"voxel size {np.round(spb, 4).tolist()} mm does not match {np.round(spa, 4).tolist()} mm"
+    shift = ab[:3, 3] - aa[:3, 3]
+    if np.allclose(aa[:3, :3], ab[:3, :3], atol=1e-4):
+        return f"grid is shifted by {np.round(shift, 3).tolist()} mm"
+    return f"grid orientation differs (voxel centres up to {gap:.3f} mm apart)"
+
+
 # ----------------------------------------------------------------------------------------------
 # writing
 
@@ -541,6 +578,8 @@ __all__ = [
     "load_scan",
     "save_mask",
     "check_output_path",
+    "canonical_grid",
+    "grid_mismatch",
     "mask_image",
     "find_dicom_series",
     "sort_and_check_slices",

@@ -1,31 +1,61 @@
-"""Overlap metrics and volumes (Dice via ``monai.metrics``)."""
+"""Overlap and distance metrics (``monai.metrics``), volumes, and folder evaluation."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from monai.metrics import compute_dice
+from monai.metrics import compute_dice, compute_hausdorff_distance
 
 
-def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
-    """3D Dice of each named label (background excluded).
+def _crop_to_union(p: np.ndarray, r: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to the bounding box of their union (+margin): metrics do not change."""
+    both = p | r
+    sl = []
+    for ax in range(both.ndim):
+        hit = np.flatnonzero(both.any(axis=tuple(a for a in range(both.ndim) if a != ax)))
+        sl.append(slice(max(int(hit[0]) - margin, 0), int(hit[-1]) + margin + 1))
+    return p[tuple(sl)], r[tuple(sl)]
+
+
+def label_metrics(
+    pred: np.ndarray, ref: np.ndarray, labels: dict[str, int], spacing=None, hd95: bool = False
+) -> dict[str, dict[str, float]]:
+    """Per named label (background excluded): Dice, and HD95 in mm when ``hd95``.
 
     A label absent from both prediction and reference gets NaN (leave it out of means); absent
-    from the reference but predicted gets 0.
+    from one side only gets Dice 0 and HD95 NaN (undefined).
     """
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
-    out: dict[str, float] = {}
+    out: dict[str, dict[str, float]] = {}
     for name, value in labels.items():
         if value == 0:
             continue
-        p = torch.from_numpy(np.asarray(pred == value))[None, None]
-        r = torch.from_numpy(np.asarray(ref == value))[None, None]
+        p, r = np.asarray(pred == value), np.asarray(ref == value)
         if not p.any() and not r.any():
-            out[name] = float("nan")
+            out[name] = {"dice": math.nan, **({"hd95": math.nan} if hd95 else {})}
             continue
-        out[name] = float(compute_dice(p.float(), r.float(), include_background=True, ignore_empty=False).item())
+        p, r = _crop_to_union(p, r)
+        pt = torch.from_numpy(p)[None, None].float()
+        rt = torch.from_numpy(r)[None, None].float()
+        row = {"dice": float(compute_dice(pt, rt, include_background=True, ignore_empty=False).item())}
+        if hd95:
+            if p.any() and r.any():
+                sp = None if spacing is None else [float(s) for s in spacing]
+                row["hd95"] = float(
+                    compute_hausdorff_distance(pt, rt, include_background=True, percentile=95, spacing=sp).item()
+                )
+            else:
+                row["hd95"] = math.nan
+        out[name] = row
     return out
+
+
+def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
+    """3D Dice of each named label (background excluded); NaN where absent from both."""
+    return {k: v["dice"] for k, v in label_metrics(pred, ref, labels).items()}
 
 
 def label_volumes_ml(labels: np.ndarray, voxel_volume_ml: float, names: dict[str, int] | None = None) -> dict[str, float]:

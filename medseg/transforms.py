@@ -112,3 +112,20 @@ def resize_slices(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
     out = resize(x.reshape(b * c, *x.shape[-2:]))
     out = out.as_tensor() if hasattr(out, "as_tensor") else out
     return out.reshape(b, c, *size)
+
+
+def array_on_grid_of(reference, other) -> np.ndarray:
+    """``other``'s voxels in ``reference``'s axis order, for two scans on the same voxel grid.
+
+    Both are :class:`~medseg.io.Scan`; their files may store the grid in different axis orders
+    or flips. Raises :class:`~medseg.errors.MedsegError` naming ``other`` when the grids differ.
+    """
+    from .errors import MedsegError
+    from .io import grid_mismatch
+
+    why = grid_mismatch(reference, other)
+    if why is not None:
+        raise MedsegError(f"{other.source}: {why} of {reference.source.name}")
+    view, _ = canonical_view(other.array, other.affine)
+    _, ref_ornt = canonical_view(reference.array[:1, :1, :1], reference.affine)
+    return np.ascontiguousarray(from_canonical(view, ref_ornt))

@@ -211,3 +211,38 @@ def test_scaled_nifti_values_and_compact_types(tmp_path):
     scan = load_scan(tmp_path / "mr.nii.gz")
     assert scan.array.dtype == np.float32
     np.testing.assert_allclose(scan.array, raw * 0.5 + 3.25)
+
+
+def _reoriented(scan, flips=(), perm=(0, 1, 2)):
+    """The same voxel grid stored in another axis order / with flips (a new Scan)."""
+    from medseg.io import Scan
+
+    arr, aff = scan.array, scan.affine.copy()
+    for ax in flips:
+        arr = np.flip(arr, ax)
+        f = np.eye(4)
+        f[ax, ax], f[ax, 3] = -1, scan.shape[ax] - 1
+        aff = aff @ f
+    p = np.eye(4)[list(perm) + [3]].T
+    return Scan(np.ascontiguousarray(arr.transpose(perm)), aff @ p, source=scan.source)
+
+
+def test_grid_comparison_ignores_storage_order_only(shared_data):
+    from medseg.io import Scan, grid_mismatch
+    from medseg.transforms import array_on_grid_of
+
+    lps = load_scan(shared_data / "mr_3mm_lps.nii.gz")
+    las = _reoriented(lps, flips=(1,))
+    assert "".join(las.axcodes) == "LAS"
+    assert grid_mismatch(lps, las) is None
+    odd = _reoriented(lps, flips=(0, 2), perm=(2, 0, 1))
+    assert grid_mismatch(lps, odd) is None
+    np.testing.assert_array_equal(array_on_grid_of(lps, odd), lps.array)  # back in the image's order
+    shifted = Scan(lps.array, lps.affine @ np.array([[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]), lps.source)
+    assert "shifted by" in grid_mismatch(lps, shifted)
+    cropped = Scan(lps.array[1:], lps.affine, lps.source)
+    assert "grid size" in grid_mismatch(lps, cropped)
+    coarse = Scan(lps.array, lps.affine @ np.diag([1.0, 1.0, 1.1, 1.0]), lps.source)
+    assert "voxel size" in grid_mismatch(lps, coarse)
+    with pytest.raises(MedsegError, match="shifted by"):
+        array_on_grid_of(lps, shifted)

@@ -30,7 +30,7 @@ def test_dataset_layout(tiny_dataset):
 def test_missing_label_is_reported(tmp_path):
     make_dataset(tmp_path, [1], shape=(32, 32, 8), spacing=(10.0, 10.0, 20.0))
     next((tmp_path / "labelsTr").iterdir()).unlink()
-    with pytest.raises(MedsegError, match="no label in labelsTr/ for 1 image"):
+    with pytest.raises(MedsegError, match="phantom_0001_0000.nii.gz: no label file for it in labelsTr"):
         find_cases(tmp_path)
 
 
@@ -60,3 +60,28 @@ def test_train_refuses_too_few_cases(tmp_path):
     r = subprocess.run([sys.executable, "-m", "medseg.cli", "train", str(tmp_path), "-o", str(tmp_path / "run")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "too few" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_transfer_weights_matches_labels_by_name():
+    import torch
+
+    from medseg.bundle import Bundle, ModelCard, build_model
+    from medseg.training import transfer_weights
+
+    src_card = ModelCard(name="src", labels={"background": 0, "liver": 1, "spleen": 2, "kidney": 3}, modality="CT",
+                         arch_kwargs={"width": 4}, context_slices=1)
+    torch.manual_seed(0)
+    src = build_model(src_card)
+    # the hospital renumbers: drops the kidney, adds a tumour, and swaps liver/spleen values
+    new_card = ModelCard(name="new", labels={"background": 0, "spleen": 1, "liver": 2, "tumour": 3}, modality="CT",
+                         arch_kwargs={"width": 4}, context_slices=1)
+    torch.manual_seed(1)
+    new = build_model(new_card)
+    fresh_tumour = new.head.weight[3].clone()
+    kept = transfer_weights(Bundle(src_card, src), new, new_card)
+    assert kept == ["background", "spleen", "liver"]
+    for new_i, src_i in ((0, 0), (1, 2), (2, 1)):
+        torch.testing.assert_close(new.head.weight[new_i], src.head.weight[src_i])
+        torch.testing.assert_close(new.head.bias[new_i], src.head.bias[src_i])
+    torch.testing.assert_close(new.head.weight[3], fresh_tumour)
+    torch.testing.assert_close(new.encoder.stages[0][0][0].weight, src.encoder.stages[0][0][0].weight)
