@@ -60,6 +60,15 @@ def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) ->
 
 def label_volumes_ml(labels: np.ndarray, voxel_volume_ml: float, names: dict[str, int] | None = None) -> dict[str, float]:
     """Volume in mL of every non-zero label present (keys: names where known, else the value)."""
-    counts = np.bincount(np.asarray(labels).ravel())
+    labels = np.asarray(labels)
+    counts = np.zeros(1, dtype=np.int64)
+    flat = labels.reshape(-1, labels.shape[-1]) if labels.ndim > 1 else labels[:, None]
+    for start in range(0, flat.shape[1], 8):  # chunks: bincount converts its input to int64
+        chunk = np.bincount(flat[:, start : start + 8].ravel())
+        if chunk.size > counts.size:
+            chunk[: counts.size] += counts
+            counts = chunk
+        else:
+            counts[: chunk.size] += chunk
     by_value = {v: k for k, v in (names or {}).items()}
     return {by_value.get(v, str(v)): float(c) * voxel_volume_ml for v, c in enumerate(counts) if v != 0 and c > 0}

@@ -92,9 +92,10 @@ def context_indices(z: np.ndarray, context: int, depth: int) -> np.ndarray:
 def gather_slices(volume: np.ndarray, z: np.ndarray, context: int) -> torch.Tensor:
     """Float tensor (B, 2k+1, X, Y) of the slices ``z`` with their neighbours as channels."""
     idx = context_indices(z, context, volume.shape[2])
-    stack = np.take(volume, idx.ravel(), axis=2)  # (X, Y, B*(2k+1))
-    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(stack, 2, 0), dtype=np.float32))
-    return t.reshape(len(z), idx.shape[1], volume.shape[0], volume.shape[1])
+    out = np.empty((idx.size, volume.shape[0], volume.shape[1]), dtype=np.float32)
+    for n, k in enumerate(idx.ravel()):  # slice by slice: np.take would copy the whole volume
+        out[n] = volume[:, :, k]
+    return torch.from_numpy(out).reshape(len(z), idx.shape[1], volume.shape[0], volume.shape[1])
 
 
 def target_size(size: tuple[int, int], spacing: tuple[float, float], target: tuple[float, float]) -> tuple[int, int]:
