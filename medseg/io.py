@@ -232,7 +232,6 @@ class _Slice:
     orientation: np.ndarray  # ImageOrientationPatient (6 values)
     rows: int
     columns: int
-    instance: int
 
 
 @dataclass
@@ -317,7 +316,6 @@ def find_dicom_series(folder: str | os.PathLike) -> tuple[dict[str, DicomSeries]
                         orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64),
                         rows=int(ds.Rows),
                         columns=int(ds.Columns),
-                        instance=int(ds.get("InstanceNumber", 0) or 0),
                     )
                 )
             except (TypeError, ValueError) as exc:

@@ -11,7 +11,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -61,7 +61,6 @@ class TrainConfig:
     init: str | None = None  # bundle to start from (fine-tuning)
     class_weights: str = "none"  # "none", or "sqrt-inverse": CE weighted by 1/sqrt(class frequency)
     half_precision_weights: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
