@@ -11,11 +11,13 @@ volume.
 
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .bundle import Bundle
 from .errors import MedsegError
@@ -24,9 +26,10 @@ from .transforms import (
     canonical_spacing,
     canonical_view,
     from_canonical,
-    gather_slices,
+    context_indices,
     intensity_range,
     intensity_transform,
+    read_slices,
     resize_slices,
     target_size,
 )
@@ -70,25 +73,56 @@ def predict_volume(
     scale = intensity_transform(*intensity)
     lut = None if label_values is None else torch.as_tensor(label_values, device=device)
     out_dtype = np.uint8 if (label_values is None or max(label_values) < 256) else np.uint16
-    out = np.zeros(volume.shape, dtype=out_dtype)
+    out = np.zeros((depth, x_size, y_size), dtype=out_dtype)  # slice-major: contiguous writes
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
     with torch.inference_mode(), autocast:
         for start in range(0, depth, batch_size):
-            z = np.arange(start, min(start + batch_size, depth))
-            x = gather_slices(volume, z, context)
-            x = torch.nan_to_num(scale(x.to(device)))
+            stop = min(start + batch_size, depth)
+            # Each slice of the batch and its neighbours is read, scaled and resampled once,
+            # then stacked into 2k+1 channels per slice.
+            lo, hi = max(start - context, 0), min(stop + context, depth)
+            x = scale(read_slices(volume, lo, hi).to(device))
             x = x.as_tensor() if hasattr(x, "as_tensor") else x
-            x = resize_slices(x, size_in, "bilinear").contiguous(memory_format=torch.channels_last)
-            logits = predictor(x)
-            logits = resize_slices(logits.float(), (x_size, y_size), "bilinear")
+            if volume.dtype.kind == "f":
+                x = torch.nan_to_num(x)
+            x = resize_slices(x[:, None], size_in, "bilinear")[:, 0]
+            channels = torch.from_numpy(context_indices(np.arange(start, stop), context, depth) - lo).to(device)
+            x = x[channels].contiguous(memory_format=torch.channels_last)
+            logits = resize_slices(predictor(x).float(), (x_size, y_size), "bilinear")
             # argmax over a contiguous last axis is ~4x faster than over the channel axis
             classes = logits.movedim(1, -1).contiguous().argmax(dim=-1)
             if lut is not None:
                 classes = lut[classes]
-            out[:, :, z[0] : z[-1] + 1] = classes.permute(1, 2, 0).cpu().numpy().astype(out_dtype)
+            out[start:stop] = classes.cpu().numpy()
             if progress is not None:
-                progress(int(z[-1]) + 1, depth)
-    return out
+                progress(stop, depth)
+    return out.transpose(1, 2, 0)
+
+
+def inference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every Conv2d + BatchNorm2d pair folded into one convolution (a copy).
+
+    Eval-mode batch norm is an affine map, so folding it changes nothing but the cost (about
+    10 % of SegNet's CPU time). Models without such pairs are returned as they are.
+    """
+    pairs = [
+        (seq, i)
+        for seq in model.modules()
+        if isinstance(seq, torch.nn.Sequential)
+        for i in range(len(seq) - 1)
+        if isinstance(seq[i], torch.nn.Conv2d) and isinstance(seq[i + 1], torch.nn.BatchNorm2d)
+    ]
+    if not pairs or model.training:
+        return model
+    fused = copy.deepcopy(model)
+    for seq in fused.modules():
+        if not isinstance(seq, torch.nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], torch.nn.Conv2d) and isinstance(seq[i + 1], torch.nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
+                seq[i + 1] = torch.nn.Identity()
+    return fused
 
 
 def segment(
@@ -107,7 +141,7 @@ def segment(
         )
     dev = resolve_device(device)
     # channels-last convolutions are ~10 % faster on CPU (oneDNN) and on GPU tensor cores
-    model = bundle.model.to(dev, memory_format=torch.channels_last).eval()
+    model = inference_model(bundle.model.to(dev).eval()).to(memory_format=torch.channels_last)
     view, ornt = canonical_view(scan.array, scan.affine, card.orientation)
     spacing = canonical_spacing(scan.affine, ornt)
     labels = predict_volume(

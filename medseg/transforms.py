@@ -89,13 +89,16 @@ def context_indices(z: np.ndarray, context: int, depth: int) -> np.ndarray:
     return np.clip(np.asarray(z)[:, None] + offsets[None, :], 0, depth - 1)
 
 
-def gather_slices(volume: np.ndarray, z: np.ndarray, context: int) -> torch.Tensor:
-    """Float tensor (B, 2k+1, X, Y) of the slices ``z`` with their neighbours as channels."""
-    idx = context_indices(z, context, volume.shape[2])
-    out = np.empty((idx.size, volume.shape[0], volume.shape[1]), dtype=np.float32)
-    for n, k in enumerate(idx.ravel()):  # slice by slice: np.take would copy the whole volume
+def read_slices(volume: np.ndarray, start: int, stop: int) -> torch.Tensor:
+    """Float tensor (n, X, Y) of slices ``start:stop`` along the third axis.
+
+    Copied slice by slice: ``np.take`` or fancy indexing would copy the whole volume when it is
+    a flipped or transposed view (as canonical views of LPS files are).
+    """
+    out = np.empty((stop - start, volume.shape[0], volume.shape[1]), dtype=np.float32)
+    for n, k in enumerate(range(start, stop)):
         out[n] = volume[:, :, k]
-    return torch.from_numpy(out).reshape(len(z), idx.shape[1], volume.shape[0], volume.shape[1])
+    return torch.from_numpy(out)
 
 
 def target_size(size: tuple[int, int], spacing: tuple[float, float], target: tuple[float, float]) -> tuple[int, int]:

@@ -101,3 +101,22 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(MedsegError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_batch_norm_folding_keeps_outputs():
+    from medseg.inference import inference_model
+    from medseg.models import SegNet
+
+    torch.manual_seed(0)
+    net = SegNet(in_channels=3, num_classes=4, width=4)
+    net.train()
+    for _ in range(3):  # give batch norm non-trivial running statistics
+        net(torch.randn(2, 3, 64, 64) * 3 + 1)
+    net.eval()
+    fused = inference_model(net)
+    assert fused is not net and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+    x = torch.randn(2, 3, 50, 70)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), net(x), atol=1e-4, rtol=1e-4)
+    assert inference_model(net.train()) is net  # training mode: no folding
