@@ -205,7 +205,9 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     name: str = typer.Option("medseg-segnet", help="Model name recorded in the model card."),
     class_weights: str = typer.Option("none", help="none, or sqrt-inverse (weight classes by 1/sqrt(frequency))."),
-    init: Optional[Path] = typer.Option(None, help="Bundle to fine-tune from (labels matched by name)."),
+    init: Optional[Path] = typer.Option(
+        None, help="Bundle to fine-tune from: its width, spacing, context and preprocessing are kept; labels matched by name."
+    ),
 ) -> None:
     """Train a SegNet on image/label pairs (a minimal loop; validation Dice picks the best epoch)."""
     from .training import TrainConfig, train as run_train

@@ -179,33 +179,21 @@ def train(
     device = resolve_device(cfg.device)
 
     init = load_bundle(cfg.init) if cfg.init else None
-    if init is not None:  # fine-tuning keeps the source model's input contract
-        if init.card.modality.upper() != modality:
-            raise MedsegError(f"{cfg.init}: the model is for {init.card.modality} but the dataset is {modality}")
-        card = ModelCard(
-            name=cfg.name,
-            labels=labels,
-            modality=modality,
-            architecture=init.card.architecture,
-            arch_kwargs=dict(init.card.arch_kwargs),
-            preprocessing=dict(init.card.preprocessing),
-            spacing=list(init.card.spacing),
-            slice_size=[cfg.crop, cfg.crop],
-            context_slices=init.card.context_slices,
-            description=str(meta.get("description", "")),
-        )
-    else:
-        card = ModelCard(
-            name=cfg.name,
-            labels=labels,
-            modality=modality,
-            arch_kwargs={"width": cfg.width},
-            preprocessing=default_preprocessing(modality),
-            spacing=[float(s) for s in cfg.spacing],
-            slice_size=[cfg.crop, cfg.crop],
-            context_slices=cfg.context_slices,
-            description=str(meta.get("description", "")),
-        )
+    if init is not None and init.card.modality.upper() != modality:
+        raise MedsegError(f"{cfg.init}: the model is for {init.card.modality} but the dataset is {modality}")
+    src = init.card if init is not None else None  # fine-tuning keeps the source's input contract
+    card = ModelCard(
+        name=cfg.name,
+        labels=labels,
+        modality=modality,
+        architecture=src.architecture if src else "segnet",
+        arch_kwargs=dict(src.arch_kwargs) if src else {"width": cfg.width},
+        preprocessing=dict(src.preprocessing) if src else default_preprocessing(modality),
+        spacing=list(src.spacing) if src else [float(s) for s in cfg.spacing],
+        slice_size=[cfg.crop, cfg.crop],
+        context_slices=src.context_slices if src else cfg.context_slices,
+        description=str(meta.get("description", "")),
+    )
     card.validate()
     prepared = [prepare_case(c, card) for c in trn]
     model = build_model(card)

@@ -53,6 +53,17 @@ def test_train_cli_writes_bundles(tiny_dataset, tmp_path):
     losses = [float(r["loss"]) for r in rows]
     assert losses[-1] < losses[0] and all(np.isfinite(losses))
     assert json.loads((run / "config.json").read_text())["epochs"] == 3
+    # fine-tuning from the run's best bundle keeps its input contract and all matching classes
+    r = subprocess.run(
+        [sys.executable, "-m", "medseg.cli", "train", str(tiny_dataset), "-o", str(tmp_path / "ft"), "--epochs", "1",
+         "--steps-per-epoch", "2", "--batch-size", "2", "--crop", "64", "--val-cases", "1", "--device", "cpu",
+         "--init", str(run / "best"), "--width", "8", "--spacing", "3"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    ft = load_bundle(tmp_path / "ft" / "best").card
+    assert ft.arch_kwargs["width"] == 4 and ft.spacing == [8.0, 8.0]  # from the source, not the flags
+    assert ft.training["init"]["kept_classes"] == list(LABELS)
 
 
 def test_train_refuses_too_few_cases(tmp_path):
