@@ -24,7 +24,7 @@ from .bundle import Bundle, ModelCard, build_model, load_bundle, save_bundle
 from .data import Case, find_cases, read_labels, read_modality
 from .errors import MedsegError
 from .inference import resolve_device, segment
-from .io import grid_mismatch, load_scan
+from .io import Scan, grid_mismatch, load_scan
 from .metrics import dice_per_label
 from .transforms import (
     array_on_grid_of,
@@ -140,15 +140,22 @@ def sample_batch(cases: list[PreparedCase], cfg: TrainConfig, rng: np.random.Gen
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
-def evaluate_cases(model, cases: list[Case], card: ModelCard, device) -> dict[str, float]:
+def load_validation(cases: list[Case], card: ModelCard) -> list[tuple[Scan, np.ndarray]]:
+    """Held-out scans with their reference labels in the scans' axis order (read once per run)."""
+    out = []
+    for case in cases:
+        image = load_scan(case.image, modality=card.modality)
+        out.append((image, array_on_grid_of(image, load_scan(case.label))))
+    return out
+
+
+def evaluate_cases(model, cases: list[tuple[Scan, np.ndarray]], card: ModelCard, device) -> dict[str, float]:
     """Mean 3D Dice per label of full-volume slice-wise predictions (the inference path) on held-out cases."""
     model.eval()
     bundle = Bundle(card, model)
     scores: dict[str, list[float]] = {}
-    for case in cases:
-        image = load_scan(case.image, modality=card.modality)
-        pred = segment(image, bundle, device=device)
-        for k, v in dice_per_label(pred, array_on_grid_of(image, load_scan(case.label)), card.labels).items():
+    for image, ref in cases:
+        for k, v in dice_per_label(segment(image, bundle, device=device), ref, card.labels).items():
             if not math.isnan(v):
                 scores.setdefault(k, []).append(v)
     return {k: float(np.mean(v)) for k, v in scores.items()}
@@ -196,6 +203,7 @@ def train(
     )
     card.validate()
     prepared = [prepare_case(c, card) for c in trn]
+    val_data = load_validation(val, card)
     model = build_model(card)
     kept: list[str] = []
     if init is not None:
@@ -223,7 +231,7 @@ def train(
             sched.step()
             losses.append(loss.item())
         seconds = time.perf_counter() - t0
-        dice = evaluate_cases(model, val, card, device)
+        dice = evaluate_cases(model, val_data, card, device)
         mean_dice = float(np.mean(list(dice.values()))) if dice else 0.0
         row = {
             "epoch": epoch,
