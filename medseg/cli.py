@@ -17,7 +17,14 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from .errors import MedsegError
@@ -92,7 +99,8 @@ def segment(
 ) -> None:
     """Segment one scan and write its label map in the scan's geometry."""
     from .bundle import load_bundle
-    from .inference import resolve_device, segment as run_segment
+    from .inference import resolve_device
+    from .inference import segment as run_segment
     from .io import check_output_path, load_scan, save_mask
     from .metrics import label_volumes_ml
 
@@ -190,50 +198,66 @@ def check_dataset(
 @app.command()
 @_friendly
 def train(
-    dataset: Path = typer.Argument(..., help="Dataset folder: imagesTr/, labelsTr/, dataset.json."),
-    output: Path = typer.Option(..., "-o", "--output", help="Run folder: best/ and last/ bundles, history.csv."),
+    dataset: Path = typer.Argument(..., help="Dataset folder: imagesTr/, labelsTr/, dataset.json (MSD or nnU-Net)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run folder: best/, last/, checkpoint.pt, history.csv, curves.png."),
+    init: Optional[Path] = typer.Option(
+        None, help="Bundle to fine-tune from: its width, spacing and context are kept; labels matched by name."
+    ),
     epochs: int = typer.Option(30, min=1),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT from its checkpoint (its own settings)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
     steps_per_epoch: int = typer.Option(40, min=1),
     batch_size: int = typer.Option(8, min=1),
-    lr: float = typer.Option(2e-3),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 2e-3, or 5e-4 with --init)."),
+    optimizer: str = typer.Option("adamw", help="adamw or sgd (momentum 0.99, Nesterov)."),
+    schedule: str = typer.Option("onecycle", help="onecycle, cosine, poly or constant."),
+    loss: str = typer.Option("ce", help="ce (cross-entropy) or ce+dice."),
+    class_weights: str = typer.Option("none", help="none, or sqrt-inverse (weight classes by 1/sqrt(frequency))."),
+    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Fine-tune the decoder and head only."),
     width: int = typer.Option(16, min=1, help="SegNet base width (64 = the paper's)."),
     context: int = typer.Option(1, min=0, help="Neighbouring slices on each side as extra channels."),
     spacing: float = typer.Option(2.0, help="In-plane training spacing (mm)."),
     crop: int = typer.Option(160, min=32, help="Training patch size (pixels)."),
-    val_cases: int = typer.Option(2, min=1),
+    foreground_fraction: float = typer.Option(0.7, min=0.0, max=1.0, help="Share of training slices drawn from slices with foreground."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Rotations, scalings, intensity jitter."),
+    flip_prob: float = typer.Option(0.0, min=0.0, max=1.0, help="Flip probability per in-plane axis (left/right is anatomy: off)."),
+    val_cases: int = typer.Option(2, min=0, help="Held-out cases (seeded split) unless the dataset names a split; 0 = validate on training cases."),
+    hd95: bool = typer.Option(True, "--hd95/--no-hd95", help="HD95 in validation (slower)."),
+    amp: str = typer.Option("auto", help="auto (CUDA: bf16, else fp16 + grad scaler), off, bf16 or fp16."),
     seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
     name: str = typer.Option("medseg-segnet", help="Model name recorded in the model card."),
-    class_weights: str = typer.Option("none", help="none, or sqrt-inverse (weight classes by 1/sqrt(frequency))."),
-    init: Optional[Path] = typer.Option(
-        None, help="Bundle to fine-tune from: its width, spacing, context and preprocessing are kept; labels matched by name."
-    ),
 ) -> None:
-    """Train a SegNet on image/label pairs (a minimal loop; validation Dice picks the best epoch)."""
-    from .training import TrainConfig, train as run_train
+    """Train or fine-tune a SegNet; the best epoch (validation Dice) lands in OUTPUT/best."""
+    from .training import TrainConfig, dist_info
+    from .training import train as run_train
 
     cfg = TrainConfig(
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        batch_size=batch_size,
-        lr=lr,
-        width=width,
-        context_slices=context,
-        spacing=(spacing, spacing),
-        crop=crop,
-        val_cases=val_cases,
-        seed=seed,
-        device=device,
-        name=name,
-        class_weights=class_weights,
-        init=str(init) if init else None,
+        epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        schedule=schedule, loss=loss, class_weights=class_weights, width=width, context_slices=context,
+        spacing=(spacing, spacing), crop=crop, foreground_fraction=foreground_fraction, augment=augment, flip_prob=flip_prob, val_cases=val_cases, hd95=hd95,
+        amp=amp, seed=seed, device=device, name=name, init=str(init) if init else None, freeze_encoder=freeze_encoder,
     )
     command = "medseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with _progress() as bar:
-        task = bar.add_task("training", total=epochs)
+    main_rank = dist_info().is_main
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not main_rank,
+    )
+    with bar:
+        task = bar.add_task("training", total=None, rate="")
+
+        def on_step(done: int, total: int, row: dict) -> None:
+            bar.update(task, completed=done, total=total, description=f"epoch {row['epoch']} loss {row['loss']:.4f}",
+                       rate=f"{row['slices_per_s']:.1f} slices/s")
 
         def on_epoch(epoch: int, row: dict) -> None:
-            bar.update(task, completed=epoch)
             dice = " ".join(f"{k[5:]}={v:.3f}" for k, v in row.items() if k.startswith("dice_"))
             bar.console.print(
                 f"epoch {epoch:3d}  loss {row['loss']:.4f}  val mean Dice {row['mean_dice']:.3f}  "
@@ -241,10 +265,11 @@ def train(
                 highlight=False,
             )
 
-        bundle = run_train(dataset, output, cfg, on_epoch=on_epoch, command=command)
-    dice = bundle.card.training.get("val_dice", {})
-    mean = sum(dice.values()) / len(dice) if dice else float("nan")
-    err.print(f"best model: epoch {bundle.card.training.get('epoch')}, val mean Dice {mean:.3f}, in {output / 'best'}")
+        bundle = run_train(dataset, output, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step, command=command)
+    if main_rank:
+        dice = bundle.card.training.get("val_dice", {})
+        mean = sum(dice.values()) / len(dice) if dice else float("nan")
+        err.print(f"best model: epoch {bundle.card.training.get('epoch')}, val mean Dice {mean:.3f}, in {output / 'best'}")
 
 
 @app.command()
@@ -272,6 +297,83 @@ def sample_data(
     paths = write_sample(output, seed=seed)
     for p in paths:
         err.print(f"wrote {p}")
+
+
+@app.command()
+@_friendly
+def evaluate(
+    pred_dir: Path | None = typer.Argument(None, help="Folder of predicted label maps (.nii.gz, .nrrd, ...)."),
+    ref_dir: Path | None = typer.Argument(
+        None, help="Folder of reference label maps, paired by case name (or a dataset folder with labelsTr/)."
+    ),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Model bundle: segment --dataset and score it."),
+    dataset: Path | None = typer.Option(None, "--dataset", help="Dataset folder (imagesTr/, labelsTr/) for --model."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Folder for evaluation.csv/json (default: PRED_DIR; required with --model)."
+    ),
+    hd95: bool = typer.Option(True, "--hd95/--no-hd95", help="Compute the 95th-percentile Hausdorff distance (mm)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (with --model)."),
+) -> None:
+    """Score label maps against references: Dice and HD95 per case and label, summary per label.
+
+    Either two folders (predictions, references; files paired by case name) or a model bundle
+    and a dataset (every case segmented, then scored). Writes evaluation.csv and
+    evaluation.json; exits 1 when any case could not be scored.
+    """
+    folders = pred_dir is not None or ref_dir is not None
+    if folders and (model is not None or dataset is not None):
+        raise MedsegError("give either PRED_DIR REF_DIR or --model BUNDLE --dataset DIR, not both")
+    if folders:
+        if pred_dir is None or ref_dir is None:
+            raise MedsegError("give both PRED_DIR and REF_DIR (predicted and reference label-map folders)")
+    elif model is None or dataset is None:
+        raise MedsegError("give PRED_DIR REF_DIR, or --model BUNDLE --dataset DIR")
+    elif output is None:
+        raise MedsegError("--model: give -o/--output, the folder for evaluation.csv and evaluation.json")
+    from rich.markup import escape
+
+    from .evaluation import CSV_NAME, evaluate_folders, evaluate_model
+
+    out_dir = output if output is not None else pred_dir
+    _check_writable(out_dir / CSV_NAME)
+    with _progress() as bar:
+        task = bar.add_task("evaluating", total=None)
+
+        def on_case(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        if folders:
+            result = evaluate_folders(pred_dir, ref_dir, hd95=hd95, progress=on_case)
+        else:
+            result = evaluate_model(model, dataset, device=device, hd95=hd95, progress=on_case)
+    csv_path, json_path = result.write(out_dir)
+
+    def fmt(value: float, digits: int) -> str:
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+    table = Table(title=f"Evaluation of {len(result.cases)} case(s)")
+    table.add_column("label")
+    table.add_column("n", justify="right")
+    table.add_column("mean Dice", justify="right")
+    table.add_column("std", justify="right")
+    table.add_column("mean HD95 mm", justify="right")
+    for name, s in result.summary().items():
+        hd = fmt(s["mean_hd95"], 2) if hd95 else "-"
+        if hd95 and 0 < s["n_hd95"] < s["n"]:
+            hd += f" ({s['n_hd95']} of {s['n']})"
+        table.add_row(name, str(s["n"]), fmt(s["mean_dice"], 3), fmt(s["std_dice"], 3), hd)
+    table.add_row("mean of labels", "", fmt(result.mean_dice(), 3), "", "")
+    out.print(table)
+    for failure in result.failures:
+        text = escape(f"{failure['case']}: {failure['error']}")
+        err.print(f"[red]failed:[/red] {text}", highlight=False, soft_wrap=True)
+    err.print(
+        f"{len(result.cases)} case(s) scored, {len(result.failures)} failed; wrote {csv_path} and {json_path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if result.failures:
+        raise typer.Exit(1)
 
 
 def _parse_seeds(text: str) -> list[int]:

@@ -121,7 +121,7 @@ def index_dataset(root: str | Path) -> DatasetIndex:
                     idx.problems.append(f"{p}: named in dataset.json but missing")
                     ok = False
             if ok:
-                idx.cases.append(Case(_CHANNEL.sub("", _case_name(image)), image, label))
+                idx.cases.append(Case(_case_name(label), image, label))
     else:
         images, labels = root / "imagesTr", root / "labelsTr"
         if not images.is_dir() or not labels.is_dir():
@@ -130,7 +130,7 @@ def index_dataset(root: str | Path) -> DatasetIndex:
         label_files = {_case_name(p): p for p in _visible(labels) if p.is_file()}
         seen = set()
         for img in _visible(images):
-            name = _CHANNEL.sub("", _case_name(img))
+            name = image_case_name(img, label_files)
             if name in label_files:
                 idx.cases.append(Case(name, img, label_files[name]))
                 seen.add(name)
@@ -142,6 +142,14 @@ def index_dataset(root: str | Path) -> DatasetIndex:
     if not idx.cases and not idx.problems:
         idx.problems.append(f"{root}: the dataset is empty (no image/label pairs)")
     return idx
+
+
+def image_case_name(image: Path, known: dict | set) -> str:
+    """An image's case name: without nnU-Net's ``_0000`` channel suffix, unless the name itself
+    is a case (``case_0001.nii.gz`` in an MSD-style folder is case ``case_0001``)."""
+    name = _case_name(image)
+    stripped = _CHANNEL.sub("", name)
+    return name if name in known or stripped not in known else stripped
 
 
 def _with_channel(path: Path) -> Path | None:

@@ -25,8 +25,8 @@ from .io import Scan
 from .transforms import (
     canonical_spacing,
     canonical_view,
-    from_canonical,
     context_indices,
+    from_canonical,
     intensity_range,
     intensity_transform,
     read_slices,

@@ -546,11 +546,22 @@ def save_mask(labels: np.ndarray, scan: Scan, path: str | os.PathLike) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MedsegError(f"{path}: cannot create the output folder ({exc.strerror or exc})") from None
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), suffix=suffix)
+
+
+def atomic_write(path: str | os.PathLike, write, suffix: str = "") -> Path:
+    """Write ``path`` through ``write(tmp)`` on a temporary file beside it, fsync, then rename.
+
+    Readers see the old file or the new one, never half of one; a failure leaves no temporary
+    file behind and raises a one-line error naming ``path``.
+    """
+    path = Path(path)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial{suffix}"
     try:
-        nib.save(img, str(tmp))
+        write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as exc:
         raise MedsegError(f"{path}: cannot write ({exc.strerror or exc})") from None
@@ -558,6 +569,11 @@ def save_mask(labels: np.ndarray, scan: Scan, path: str | os.PathLike) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write` of a text file (UTF-8)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _reason(exc: BaseException) -> str:
@@ -572,6 +588,8 @@ def _reason(exc: BaseException) -> str:
 
 __all__ = [
     "Scan",
+    "atomic_write",
+    "atomic_write_text",
     "DicomSeries",
     "load_scan",
     "save_mask",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -44,9 +45,10 @@ def label_metrics(
         if hd95:
             if p.any() and r.any():
                 sp = None if spacing is None else [float(s) for s in spacing]
-                row["hd95"] = float(
-                    compute_hausdorff_distance(pt, rt, include_background=True, percentile=95, spacing=sp).item()
-                )
+                with warnings.catch_warnings():  # monai >= 1.5 warns about its own internal call
+                    warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+                    hd = compute_hausdorff_distance(pt, rt, include_background=True, percentile=95, spacing=sp)
+                row["hd95"] = float(hd.item())
             else:
                 row["hd95"] = math.nan
         out[name] = row

@@ -8,9 +8,9 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import SAMPLE
 from pydicom.data import get_testdata_file
 
-from conftest import SAMPLE
 from medseg.io import load_scan
 
 SAMPLE_DICOM = SAMPLE / "phantom_ct_dicom"

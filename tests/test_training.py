@@ -1,12 +1,17 @@
-"""The minimal `medseg train`: a tiny CPU run writes usable bundles and lowers the loss."""
+"""`medseg train`: datasets, a learning run, fine-tuning, resume after SIGKILL, torchrun, bad input."""
 
 import csv
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+from conftest import SAMPLE, SHARED
 
 from medseg.bundle import load_bundle
 from medseg.data import find_cases, read_labels
@@ -66,6 +71,15 @@ def test_train_cli_writes_bundles(tiny_dataset, tmp_path):
     assert ft.training["init"]["kept_classes"] == list(LABELS)
 
 
+def _train(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", "medseg.cli", "train", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+TINY = ["--batch-size", "4", "--width", "4", "--crop", "48", "--spacing", "8", "--val-cases", "1", "--device", "cpu",
+        "--no-hd95", "--lr", "0.01"]
+
+
 def test_train_refuses_too_few_cases(tmp_path):
     make_dataset(tmp_path, [1], shape=(32, 32, 8), spacing=(10.0, 10.0, 20.0))
     r = subprocess.run([sys.executable, "-m", "medseg.cli", "train", str(tmp_path), "-o", str(tmp_path / "run")],
@@ -96,3 +110,175 @@ def test_transfer_weights_matches_labels_by_name():
         torch.testing.assert_close(new.head.bias[new_i], src.head.bias[src_i])
     torch.testing.assert_close(new.head.weight[3], fresh_tumour)
     torch.testing.assert_close(new.encoder.stages[0][0][0].weight, src.encoder.stages[0][0][0].weight)
+
+
+def test_short_training_learns(tmp_path):
+    """A short CPU run on small phantoms lowers the loss and segments held-out organs well."""
+    ds = make_dataset(tmp_path / "ds", [31, 32, 33, 34, 35], shape=(64, 64, 20), spacing=(6.0, 6.0, 10.0))
+    run = tmp_path / "run"
+    r = _train(ds, "-o", run, "--epochs", "10", "--steps-per-epoch", "15", "--batch-size", "8", "--width", "8",
+               "--crop", "64", "--spacing", "6", "--val-cases", "1", "--device", "cpu", "--loss", "ce+dice",
+               "--lr", "0.01", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    losses = [float(x["loss"]) for x in rows]
+    assert np.mean(losses[-2:]) < 0.5 * losses[0], losses
+    best = load_bundle(run / "best").card.training
+    assert best["val_dice"]["liver"] >= 0.8, best["val_dice"]  # an untrained model scores ~0
+    assert all(np.isfinite(v) for v in best["val_hd95_mm"].values())
+    assert "hd95_liver" in rows[-1] and float(rows[-1]["slices_per_s"]) > 0
+    png = (run / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_msd_task_folder_trains_unmodified(tmp_path):
+    from test_data import _msd_task
+
+    root = _msd_task(tmp_path / "Task09_Spleen", seeds=(2, 3, 4))
+    r = _train(root, "-o", tmp_path / "run", "--epochs", "1", "--steps-per-epoch", "2", *TINY)
+    assert r.returncode == 0, r.stderr
+    card = load_bundle(tmp_path / "run" / "best").card
+    assert card.labels == {"background": 0, "spleen": 1} and card.modality == "CT"
+    assert sorted(card.training["train_cases"] + card.training["val_cases"]) == ["spleen_2", "spleen_3", "spleen_4"]
+
+
+def _state(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dataset, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    args = ["--epochs", "6", "--steps-per-epoch", "8", *TINY, "--seed", "5"]
+    full = tmp_path / "full"
+    assert _train(tiny_dataset, "-o", full, *args).returncode == 0
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "medseg.cli", "train", str(tiny_dataset), "-o", str(run), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = _state(run / "checkpoint.pt")["epoch"]
+    assert 1 <= stopped_at < 6, "the run was not killed mid-way"
+    r = _train(tiny_dataset, "-o", run, "--resume", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [int(x["epoch"]) for x in rows] == [1, 2, 3, 4, 5, 6]
+    assert _state(run / "checkpoint.pt")["epoch"] == 6
+    assert load_bundle(run / "last").card.training["epoch"] == 6
+    ref = list(csv.DictReader(open(full / "history.csv")))
+    np.testing.assert_allclose([float(x["loss"]) for x in rows], [float(x["loss"]) for x in ref], rtol=1e-5)
+    a, b = load_file(run / "last" / "model.safetensors"), load_file(full / "last" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temp files left
+    # resuming a finished run is a no-op; starting afresh in a used folder is refused
+    r = _train(tiny_dataset, "-o", run, "--resume", "--device", "cpu")
+    assert r.returncode == 0 and len(list(csv.DictReader(open(run / "history.csv")))) == 6
+    r = _train(tiny_dataset, "-o", run, *args)
+    assert r.returncode == 1 and "--resume" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_torchrun_two_processes(tiny_dataset, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "medseg.cli",
+         "train", str(tiny_dataset), "-o", str(run), "--epochs", "2", "--steps-per-epoch", "3", *TINY],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 0/2 finished epoch 2" in r.stderr and "rank 1/2 finished epoch 2" in r.stderr
+    assert r.stderr.count("best model:") == 1  # one report, from rank 0
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [int(x["epoch"]) for x in rows] == [1, 2]  # written once per epoch, not once per rank
+    card = load_bundle(run / "best").card
+    assert card.training["world_size"] == 2 and len(card.training["train_cases"]) == 3
+    assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoint.pt", "config.json", "curves.png",
+                                                     "history.csv", "last"]
+
+
+def test_fine_tune_with_a_changed_label_map(tiny_dataset, tmp_path):
+    """A hospital renames the tumour and renumbers: matching names keep their classifier rows."""
+    ds = tmp_path / "hospital"
+    shutil.copytree(tiny_dataset, ds)
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4, "lesion": 5}
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    src = tmp_path / "src"
+    assert _train(tiny_dataset, "-o", src, "--epochs", "1", "--steps-per-epoch", "2", *TINY).returncode == 0
+    r = _train(ds, "-o", tmp_path / "ft", "--init", src / "best", "--epochs", "1", "--steps-per-epoch", "2",
+               "--freeze-encoder", "--device", "cpu", "--val-cases", "1", "--no-hd95", "--crop", "48")
+    assert r.returncode == 0, r.stderr
+    src_b, ft = load_bundle(src / "best"), load_bundle(tmp_path / "ft" / "best")
+    assert ft.card.labels == meta["labels"]
+    assert ft.card.training["init"]["kept_classes"] == ["background", "liver", "spleen", "kidney_right", "kidney_left"]
+    assert ft.card.training["frozen_encoder"] and "5e-4" in ft.card.training["optimizer"].replace("0.0005", "5e-4")
+    import torch
+
+    for (name, a), b in zip(src_b.model.encoder.state_dict().items(), ft.model.encoder.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3, msg=name)  # frozen (fp16 storage)
+
+
+@pytest.mark.parametrize("problem", ["empty", "shifted", "missing"])
+def test_bad_datasets_fail_before_training(tmp_path, problem):
+    import nibabel as nib
+
+    ds = make_dataset(tmp_path / "ds", [41, 42, 43], shape=(32, 32, 8), spacing=(10.0, 10.0, 20.0))
+    if problem == "empty":
+        for f in [*(ds / "imagesTr").iterdir(), *(ds / "labelsTr").iterdir()]:
+            f.unlink()
+        expect = "empty"
+    elif problem == "shifted":
+        lab = ds / "labelsTr" / "phantom_0042.nii.gz"
+        img = nib.load(str(lab))
+        aff = img.affine.copy()
+        aff[:3, 3] += [0, 0, 20.0]
+        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), aff), str(lab))
+        expect = "phantom_0042.nii.gz: grid is shifted"
+    else:
+        meta = json.loads((ds / "dataset.json").read_text())
+        meta["training"] = [{"image": "./imagesTr/phantom_0041.nii.gz", "label": "./labelsTr/phantom_0041.nii.gz"},
+                            {"image": "./imagesTr/nope.nii.gz", "label": "./labelsTr/nope.nii.gz"}]
+        (ds / "dataset.json").write_text(json.dumps(meta))
+        expect = "nope.nii.gz: named in dataset.json but missing"
+    run = tmp_path / "run"
+    r = _train(ds, "-o", run, "--epochs", "1", "--steps-per-epoch", "1", *TINY)
+    assert r.returncode == 1 and expect in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (run / "checkpoint.pt").exists() and not (run / "best").exists()
+
+
+@pytest.mark.skipif(not (SHARED / "mr_brain_tiny.nii").exists(), reason="../shared/data is absent")
+def test_fine_tune_overfits_a_real_mr(tmp_path):
+    """Fine-tuning the bundled CT model on a real brain MR (one labelled structure) learns it."""
+    from medseg.inference import segment
+    from medseg.io import load_scan
+    from medseg.metrics import dice_per_label
+
+    ds = tmp_path / "brain"
+    (ds / "imagesTr").mkdir(parents=True)
+    (ds / "labelsTr").mkdir()
+    shutil.copy(SHARED / "mr_brain_tiny.nii", ds / "imagesTr" / "brain_001_0000.nii")
+    shutil.copy(SHARED / "mr_brain_tiny_labels.nii.gz", ds / "labelsTr" / "brain_001.nii.gz")
+    (ds / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0,
+                                                 "structure": 1}, "file_ending": ".nii.gz"}))
+    run = tmp_path / "run"
+    # one case, validated on itself; its structure is drawn on one slice only, so half of the
+    # training slices come from the other slices (they must stay background)
+    r = _train(ds, "-o", run, "--init", SAMPLE / "model", "--epochs", "20", "--steps-per-epoch", "10",
+               "--val-cases", "0", "--crop", "48", "--device", "cpu", "--lr", "2e-3", "--no-augment", "--no-hd95",
+               "--foreground-fraction", "0.5", "--seed", "0")
+    assert r.returncode == 0, r.stderr
+    bundle = load_bundle(run / "best")
+    assert bundle.card.modality == "MR" and bundle.card.preprocessing["kind"] == "mr_percentiles"
+    assert bundle.card.training["init"]["kept_classes"] == ["background"]
+    scan = load_scan(SHARED / "mr_brain_tiny.nii", modality="MR")
+    ref = np.asarray(load_scan(SHARED / "mr_brain_tiny_labels.nii.gz").array)
+    dice = dice_per_label(segment(scan, bundle, device="cpu"), ref, bundle.card.labels)
+    assert dice["structure"] >= 0.8, dice
