@@ -282,3 +282,39 @@ def test_fine_tune_overfits_a_real_mr(tmp_path):
     ref = np.asarray(load_scan(SHARED / "mr_brain_tiny_labels.nii.gz").array)
     dice = dice_per_label(segment(scan, bundle, device="cpu"), ref, bundle.card.labels)
     assert dice["structure"] >= 0.8, dice
+
+
+def test_validation_split_from_the_dataset(tiny_dataset, tmp_path):
+    from medseg.data import find_cases
+    from medseg.training import TrainConfig, split_cases
+
+    cases, meta = find_cases(tiny_dataset)
+    cfg = TrainConfig(val_cases=1, seed=0)
+    trn, val = split_cases(cases, meta, tiny_dataset, cfg)
+    assert len(val) == 1 and {c.name for c in trn} | {c.name for c in val} == {c.name for c in cases}
+    assert split_cases(cases, meta, tiny_dataset, cfg)[1][0].name == val[0].name  # seeded: the same again
+    # dataset.json's "validation" list (MONAI datalist style) wins over the seeded split
+    meta2 = {**meta, "validation": [{"image": "./imagesTr/phantom_0012_0000.nii.gz",
+                                     "label": "./labelsTr/phantom_0012.nii.gz"}, "phantom_0014"]}
+    trn, val = split_cases(cases, meta2, tiny_dataset, cfg)
+    assert [c.name for c in val] == ["phantom_0012", "phantom_0014"]
+    assert [c.name for c in trn] == ["phantom_0011", "phantom_0013"]
+    # nnU-Net's splits_final.json (fold 0)
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, root)
+    (root / "splits_final.json").write_text(json.dumps([{"train": ["phantom_0011", "phantom_0012", "phantom_0013"],
+                                                          "val": ["phantom_0014"]}]))
+    assert [c.name for c in split_cases(cases, meta, root, cfg)[1]] == ["phantom_0014"]
+    with pytest.raises(MedsegError, match="not among the dataset's cases"):
+        split_cases(cases, {**meta, "validation": ["nobody"]}, tiny_dataset, cfg)
+
+
+def test_autocast_path_runs_on_cpu(tiny_dataset, tmp_path):
+    """The mixed-precision code path (autocast, grad scaler) runs end to end (bf16 autocast on CPU)."""
+    r = _train(tiny_dataset, "-o", tmp_path / "run", "--epochs", "1", "--steps-per-epoch", "2", *TINY, "--amp", "bf16",
+               "--optimizer", "sgd", "--schedule", "poly")
+    assert r.returncode == 0, r.stderr
+    card = load_bundle(tmp_path / "run" / "last").card
+    assert card.training["amp"] == "bfloat16" and card.training["optimizer"].startswith("sgd")
+    bad = _train(tiny_dataset, "-o", tmp_path / "bad", "--loss", "focal", *TINY)
+    assert bad.returncode == 1 and "loss 'focal': expected one of ce, ce+dice" in bad.stderr
