@@ -22,7 +22,16 @@ from rich.table import Table
 from medseg.bundle import build_model
 from medseg.data import find_cases, read_labels
 from medseg.phantom import make_dataset
-from medseg.training import SliceSampler, TrainConfig, _model_card, amp_dtype, make_loss, make_optimizer, prepare_cases
+from medseg.training import (
+    SliceSampler,
+    TrainConfig,
+    _model_card,
+    amp_dtype,
+    make_loss,
+    make_optimizer,
+    prepare_cases,
+    train_step,
+)
 
 
 def throughput(cases, card, cfg: TrainConfig, device: torch.device, steps: int, warmup: int) -> float:
@@ -39,17 +48,7 @@ def throughput(cases, card, cfg: TrainConfig, device: torch.device, steps: int, 
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        x, y = sampler.batch(1, step)
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        y = y.to(device)
-        with torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False):
-            logits = model(x)
-        loss = loss_fn(logits, y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        train_step(model, *sampler.batch(1, step), loss_fn, opt, sched, scaler, device, dtype)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * cfg.batch_size / (time.perf_counter() - t0)

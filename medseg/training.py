@@ -370,6 +370,24 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cfg.amp == "bf16" else None
 
 
+def train_step(net, x, y, loss_fn, opt, sched, scaler, device: torch.device, amp: torch.dtype | None = None,
+               channels_last: bool = True) -> float:
+    """One optimisation step on a batch (autocast to ``amp`` when given); returns the loss."""
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = y.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
+        logits = net(x)
+    loss = loss_fn(logits, y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    return float(loss.item())
+
+
 # ---------------------------------------------------------------------------------------------- distributed
 
 
@@ -504,7 +522,6 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     sampler = SliceSampler(prepared, cfg, card.context_slices, info.rank)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if state is None:
@@ -546,19 +563,7 @@ def train(
                         pending = prefetch.submit(sampler.batch, epoch, step + 1)
                 else:
                     x, y = sampler.batch(epoch, step)
-                x = x.to(device, non_blocking=True)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = y.to(device, non_blocking=True)
-                with autocast:
-                    logits = net(x)
-                loss = loss_fn(logits, y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                losses.append(float(loss.item()))
+                losses.append(train_step(net, x, y, loss_fn, opt, sched, scaler, device, dtype, cfg.channels_last))
                 done += 1
                 if on_step is not None and info.is_main:
                     elapsed = time.perf_counter() - t0
