@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 		echo "no GPU: installing the CPU build $(TORCH_CPU)"; \
 		$(BIN)/python -m pip install --quiet "$(TORCH_CPU)"; \
 	fi
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,napari]"
 	touch $@
 
 # The main job: segment the bundled sample DICOM series and score it against its ground truth.
@@ -27,11 +27,15 @@ demo: setup
 	$(BIN)/medseg segment sample_data/phantom_ct_dicom -o out/sample_mask.nii.gz \
 		--reference sample_data/phantom_ct_labels.nii.gz
 
+# napari needs a display: under xvfb-run when there is none (Debian package xvfb); without
+# one the viewer tests skip with that reason.
+XVFB := $(if $(DISPLAY),,$(shell command -v xvfb-run >/dev/null 2>&1 && echo "xvfb-run -a"))
+
 test: setup
-	$(BIN)/python -m pytest
+	env -u QT_QPA_PLATFORM $(XVFB) $(BIN)/python -m pytest
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	env -u QT_QPA_PLATFORM $(XVFB) $(BIN)/python -m pytest -m "not slow"
 
 # Regenerate the sample case (phantom seed 7, NIfTI + DICOM + labels).
 sample-data: setup

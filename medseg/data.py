@@ -202,3 +202,63 @@ def check_dataset(root: str | Path) -> DatasetIndex:
         if declared and undeclared:
             idx.problems.append(f"{case.label}: label values {undeclared} are not declared in dataset.json")
     return idx
+
+
+def add_case(
+    dataset_dir: str | Path,
+    scan,
+    labels: np.ndarray,
+    label_names: dict[str, int],
+    *,
+    case: str | None = None,
+    modality: str | None = None,
+) -> Case:
+    """Append a scan and its (corrected) mask to a dataset folder that ``medseg train`` reads.
+
+    Writes ``imagesTr/<case>_0000.nii.gz`` (the scan's voxels, NIfTI, its geometry) and
+    ``labelsTr/<case>.nii.gz``, and creates or updates an nnU-Net v2 ``dataset.json`` (an MSD
+    ``training`` list, when the folder has one, gets the new pair too). The dataset's labels and
+    modality must agree with the new case's; a case name already taken gets a numbered suffix.
+    """
+    from .io import atomic_write_text, save_image, save_mask
+
+    root = Path(dataset_dir)
+    meta_path = root / "dataset.json"
+    meta: dict = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MedsegError(f"{meta_path}: unreadable ({exc})") from None
+    existing = read_labels(meta)
+    if existing and existing != dict(label_names):
+        raise MedsegError(f"{meta_path}: the dataset's labels {existing} differ from this mask's {dict(label_names)}")
+    mod = (modality or scan.modality or read_modality(meta) or "CT").upper()
+    if read_modality(meta) not in (None, mod):
+        raise MedsegError(f"{meta_path}: the dataset is {read_modality(meta)} but this scan is {mod}")
+    present = set(np.unique(np.asarray(labels)).tolist())
+    undeclared = sorted(present - set(label_names.values()))
+    if undeclared:
+        raise MedsegError(f"{scan.source}: mask values {undeclared} are not among the labels {dict(label_names)}")
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", case or _case_name(Path(scan.source)) or "case").strip("_.") or "case"
+    name, n = base, 1
+    while (root / "labelsTr" / f"{name}.nii.gz").exists() or (root / "imagesTr" / f"{name}_0000.nii.gz").exists():
+        n += 1
+        name = f"{base}_{n}"
+    image = root / "imagesTr" / f"{name}_0000.nii.gz"
+    label = root / "labelsTr" / f"{name}.nii.gz"
+    save_image(scan, image)
+    try:
+        save_mask(labels, scan, label)
+    except BaseException:
+        image.unlink(missing_ok=True)  # no half-added case
+        raise
+    meta.setdefault("name", root.name)
+    meta.setdefault("channel_names", {"0": mod})
+    meta["labels"] = {k: int(v) for k, v in sorted(label_names.items(), key=lambda kv: kv[1])}
+    meta.setdefault("file_ending", ".nii.gz")
+    if isinstance(meta.get("training"), list):
+        meta["training"].append({"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"})
+    meta["numTraining"] = len([p for p in (root / "labelsTr").iterdir() if p.name.endswith(".nii.gz")])
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    return Case(name, image, label)

@@ -12,6 +12,7 @@ volume.
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import nullcontext
 from typing import Callable
 
@@ -59,6 +60,7 @@ def predict_volume(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
+    uncertainty: np.ndarray | None = None,
 ) -> np.ndarray:
     """Label map (same shape as ``volume``) predicted slice by slice along the third axis.
 
@@ -66,6 +68,8 @@ def predict_volume(
     ``context`` neighbours on each side as channels) is scaled from ``intensity`` to [0, 1],
     resampled to ``target_spacing``, passed to ``predictor``, and its logits resampled back
     before the argmax. ``label_values[c]`` is written for class ``c`` (default: ``c``).
+    ``uncertainty``, when given (length = number of slices), receives each slice's mean
+    normalised entropy of the class probabilities (0 = certain, 1 = uniform), for worst-first review.
     """
     device = torch.device(device)
     x_size, y_size, depth = volume.shape
@@ -88,7 +92,12 @@ def predict_volume(
             x = resize_slices(x[:, None], size_in, "bilinear")[:, 0]
             channels = torch.from_numpy(context_indices(np.arange(start, stop), context, depth) - lo).to(device)
             x = x[channels].contiguous(memory_format=torch.channels_last)
-            logits = resize_slices(predictor(x).float(), (x_size, y_size), "bilinear")
+            logits = predictor(x).float()
+            if uncertainty is not None:
+                p = torch.softmax(logits, dim=1)
+                ent = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1) / math.log(max(p.shape[1], 2))
+                uncertainty[start:stop] = ent.flatten(1).mean(dim=1).cpu().numpy()
+            logits = resize_slices(logits, (x_size, y_size), "bilinear")
             # argmax over a contiguous last axis is ~4x faster than over the channel axis
             classes = logits.movedim(1, -1).contiguous().argmax(dim=-1)
             if lut is not None:
@@ -132,8 +141,13 @@ def segment(
     device: str | torch.device | None = None,
     batch_size: int = 8,
     progress: Progress | None = None,
+    uncertainty: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Label map for ``scan`` on the scan's own grid (same shape and axis order as ``scan.array``)."""
+    """Label map for ``scan`` on the scan's own grid (same shape and axis order as ``scan.array``).
+
+    ``uncertainty`` (optional, one value per axial slice, inferior to superior) receives each
+    slice's mean normalised entropy (see :func:`predict_volume`).
+    """
     card = bundle.card
     if scan.modality and scan.modality.upper() != card.modality.upper():
         raise MedsegError(
@@ -155,5 +169,6 @@ def segment(
         batch_size=batch_size,
         device=dev,
         progress=progress,
+        uncertainty=uncertainty,
     )
     return np.ascontiguousarray(from_canonical(labels, ornt, card.orientation))

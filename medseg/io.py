@@ -502,7 +502,7 @@ def check_output_path(path: str | os.PathLike, scan: Scan) -> None:
     """Refuse output paths that are not NIfTI, or that would write over or into the input."""
     path = Path(path)
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
-        raise MedsegError(f"{path}: masks are written as NIfTI; use a .nii.gz or .nii file name")
+        raise MedsegError(f"{path}: images and masks are written as NIfTI; use a .nii.gz or .nii file name")
     src = scan.source.resolve()
     out = path.resolve()
     if out == src or (src.is_dir() and src in out.parents):
@@ -515,8 +515,11 @@ def mask_image(labels: np.ndarray, scan: Scan) -> nib.Nifti1Image:
     """A NIfTI label image on exactly the scan's grid (its qform/sform copied for NIfTI sources)."""
     if tuple(labels.shape) != scan.shape:
         raise MedsegError(f"{scan.source}: label map shape {tuple(labels.shape)} does not match the scan {scan.shape}")
-    dtype = label_dtype(labels)
-    img = nib.Nifti1Image(np.asarray(labels).astype(dtype, copy=False), None)
+    return _nifti_on_grid(np.asarray(labels).astype(label_dtype(labels), copy=False), scan, b"medseg label map")
+
+
+def _nifti_on_grid(array: np.ndarray, scan: Scan, descrip: bytes) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(array, None)
     hdr = img.header
     src = scan.header
     if src is not None:
@@ -528,9 +531,19 @@ def mask_image(labels: np.ndarray, scan: Scan) -> nib.Nifti1Image:
         hdr.set_qform(scan.affine, code=1)
         hdr.set_sform(scan.affine, code=1)
     hdr.set_xyzt_units("mm")
-    hdr.set_data_dtype(dtype)
-    hdr["descrip"] = b"medseg label map"
+    hdr.set_data_dtype(array.dtype)
+    hdr["descrip"] = descrip
     return img
+
+
+def save_image(scan: Scan, path: str | os.PathLike) -> Path:
+    """Write the scan's voxels (as read: HU for CT) as NIfTI with its geometry, atomically.
+
+    For DICOM series this is the NIfTI copy a training set needs; never writes over the input.
+    """
+    path = Path(path)
+    check_output_path(path, scan)
+    return _save_nifti(_nifti_on_grid(np.asarray(scan.array), scan, b"medseg image"), path)
 
 
 def save_mask(labels: np.ndarray, scan: Scan, path: str | os.PathLike) -> Path:
@@ -540,7 +553,10 @@ def save_mask(labels: np.ndarray, scan: Scan, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     check_output_path(path, scan)
-    img = mask_image(labels, scan)
+    return _save_nifti(mask_image(labels, scan), path)
+
+
+def _save_nifti(img: nib.Nifti1Image, path: Path) -> Path:
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -588,6 +604,7 @@ def _reason(exc: BaseException) -> str:
 
 __all__ = [
     "Scan",
+    "save_image",
     "atomic_write",
     "atomic_write_text",
     "DicomSeries",

@@ -1,0 +1,58 @@
+"""Reader: DICOM series folders and NIfTI / NRRD / MHA files, through medseg's own loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg.io import NIFTI_SUFFIXES, SITK_SUFFIXES, load_scan
+
+from ._layers import image_layer
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def readable(path: Path) -> bool:
+    """Quick test (no pixel data read): a scan file, a DICOM file, or a folder holding DICOM files."""
+    if path.is_dir():
+        for n, child in enumerate(sorted(path.iterdir())):
+            if n > 64:
+                break
+            if child.is_file() and not child.name.startswith(".") and _is_dicom_file(child):
+                return True
+        return False
+    name = path.name.lower()
+    if name.endswith(tuple(NIFTI_SUFFIXES) + tuple(SITK_SUFFIXES)):
+        return True
+    return path.is_file() and _is_dicom_file(path)
+
+
+def get_reader(path):
+    """npe2 reader contribution: a reader for scans medseg can load, else None (other readers try)."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if not p.exists() or not readable(p):
+        return None
+    return read_scan
+
+
+def read_scan(path) -> list[tuple]:
+    """Layer data for one scan: voxels in world position (affine), CT window, source Scan in metadata.
+
+    Problems (mixed series, irregular slice spacing, corrupt files) raise medseg's one-line
+    error, which napari shows as a notification.
+    """
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    return [image_layer(load_scan(path))]

@@ -1,0 +1,398 @@
+"""The Segment widget: run a model on an image layer, review worst-first, correct, save, fine-tune.
+
+Long work (segmentation, fine-tuning) runs in a napari ``thread_worker``: the viewer stays
+responsive, a progress bar follows it and Cancel stops it. Every problem is a napari
+notification with medseg's one-line message; nothing is lost (the prediction stays as its own
+layer, corrections happen on a copy).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medseg.errors import MedsegError
+
+from ._layers import NAMES_KEY, SCAN_KEY, labels_layer
+from ._writer import labels_in_scan_order
+
+DEFAULT_MODEL = "bundled default model"
+
+
+class Cancelled(Exception):
+    pass
+
+
+def _background(fn, *args, **kwargs):
+    """Generator for a thread_worker: runs ``fn(*args, progress=..., cancel=..., **kwargs)`` in a
+    thread, yields its (done, total) progress, returns its result; quitting the worker cancels."""
+    updates: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+    result: dict = {}
+
+    def progress(done: int, total: int) -> None:
+        if cancel.is_set():
+            raise Cancelled()
+        updates.put((int(done), int(total)))
+
+    def run() -> None:
+        try:
+            result["value"] = fn(*args, progress=progress, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the worker's errored signal
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() or not updates.empty():
+            try:
+                yield updates.get(timeout=0.05)
+            except queue.Empty:
+                yield None
+    finally:
+        cancel.set()  # the worker was quit (Cancel), or we are done
+        thread.join()
+    if "error" in result and not isinstance(result["error"], Cancelled):
+        raise result["error"]
+    return result.get("value")
+
+
+def _segment_job(scan, model_path, device, progress):
+    from medseg.bundle import load_bundle
+    from medseg.display import display_shape
+    from medseg.inference import resolve_device, segment
+
+    dev = resolve_device(device)
+    bundle = load_bundle(None if model_path in (None, "", DEFAULT_MODEL) else model_path, device=dev)
+    entropy = np.zeros(display_shape(scan.shape, scan.affine)[0], dtype=np.float32)  # one per axial slice
+    labels = segment(scan, bundle, device=dev, progress=progress, uncertainty=entropy)
+    return labels, entropy, bundle.card.labels, bundle.card.name
+
+
+def _fine_tune_job(dataset, run_dir, init, epochs, steps, device, progress):
+    from medseg.data import find_cases
+    from medseg.training import TrainConfig, train
+
+    # a handful of corrected cases: validate on them all; more: hold one out
+    val_cases = 0 if len(find_cases(dataset)[0]) < 4 else 1
+    cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps, init=init, device=device, val_cases=val_cases,
+                      name="medseg-finetuned", hd95=False)
+
+    def on_step(done: int, total: int, row: dict) -> None:
+        progress(done, total)
+
+    bundle = train(dataset, run_dir, cfg, on_step=on_step, command="napari: medseg Fine-tune")
+    return str(Path(run_dir) / "best"), bundle.card.training.get("val_dice", {})
+
+
+class SegmentWidget(QWidget):
+    """Dock widget: Segment, review (uncertain slices first), correct, save, add to a dataset, fine-tune."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.running = False
+        self.prediction: Labels | None = None
+        self.corrected: Labels | None = None
+
+        self.image_box = QComboBox()
+        self.model_edit = QLineEdit(DEFAULT_MODEL)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse_model)
+        self.device_box = QComboBox()
+        self.device_box.addItems(["auto", "cpu", "cuda"])
+        self.run_button = QPushButton("Segment")
+        self.run_button.clicked.connect(lambda: self.segment())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.review = QListWidget()
+        self.review.itemClicked.connect(self._jump)
+        self.label_box = QComboBox()
+        self.label_box.currentIndexChanged.connect(self._pick_label)
+        save = QPushButton("Save mask…")
+        save.clicked.connect(self._save_dialog)
+        add = QPushButton("Add to training set…")
+        add.clicked.connect(self._add_dialog)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 500)
+        self.epochs.setValue(10)
+        tune = QPushButton("Fine-tune")
+        tune.clicked.connect(self._fine_tune_dialog)
+        self.dataset_dir: Path | None = None
+
+        form = QFormLayout()
+        form.addRow("image", self.image_box)
+        row = QHBoxLayout()
+        row.addWidget(self.model_edit)
+        row.addWidget(browse)
+        form.addRow("model", row)
+        form.addRow("device", self.device_box)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(QLabel("review, least certain slices first (click to go there)"))
+        layout.addWidget(self.review)
+        paint = QFormLayout()
+        paint.addRow("paint label", self.label_box)
+        layout.addLayout(paint)
+        layout.addWidget(save)
+        layout.addWidget(add)
+        tune_row = QHBoxLayout()
+        tune_row.addWidget(QLabel("epochs"))
+        tune_row.addWidget(self.epochs)
+        tune_row.addWidget(tune)
+        layout.addLayout(tune_row)
+
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._refresh_images)
+        self._refresh_images()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _refresh_images(self, *_):
+        current = self.image_box.currentText()
+        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        self.image_box.clear()
+        self.image_box.addItems(names)
+        if current in names:
+            self.image_box.setCurrentText(current)
+
+    def _image(self, name: str | None = None) -> Image:
+        name = name or self.image_box.currentText()
+        if not name or name not in self.viewer.layers:
+            raise MedsegError("no image layer: open a scan first (File > Open, or File > Open Sample > medseg)")
+        layer = self.viewer.layers[name]
+        if SCAN_KEY not in layer.metadata:
+            raise MedsegError(f"layer '{name}': not opened with medseg's reader, so its geometry is unknown")
+        return layer
+
+    def _fail(self, exc: BaseException) -> None:
+        message = str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {exc}"
+        self.status.setText(message)
+        show_error(message)
+
+    def _start(self, worker, on_done, label: str) -> None:
+        self.worker = worker
+        self.running = True
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.status.setText(label)
+
+        def yielded(value):
+            if value is not None:
+                done, total = value
+                self.progress.setMaximum(max(total, 1))
+                self.progress.setValue(done)
+
+        def returned(value):
+            if value is None:
+                self.status.setText("cancelled")
+                return
+            try:
+                on_done(value)
+            except Exception as exc:  # noqa: BLE001 - shown, never a crash
+                self._fail(exc)
+
+        def finished():
+            self.running = False
+            self.worker = None
+            self.run_button.setEnabled(True)
+            self.cancel_button.setEnabled(False)
+
+        worker.yielded.connect(yielded)
+        worker.returned.connect(returned)
+        worker.errored.connect(self._fail)
+        worker.finished.connect(finished)
+        worker.start()
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+            self.status.setText("cancelling…")
+
+    # ------------------------------------------------------------------ segment and review
+
+    def segment(self, image_name: str | None = None) -> None:
+        """Segment the chosen image layer in a worker; adds '<image> prediction' and '<image> corrected'."""
+        if self.running:
+            return
+        try:
+            layer = self._image(image_name)
+            model = self.model_edit.text().strip()
+            if model and model != DEFAULT_MODEL:
+                from medseg.bundle import load_bundle
+
+                load_bundle(model)  # a folder that is not a bundle fails here, with its reason
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return
+        scan = layer.metadata[SCAN_KEY]
+        job = thread_worker(_background)(_segment_job, scan, model, self.device_box.currentText())
+        self._start(job, lambda value: self._show_result(layer, scan, *value), f"segmenting {layer.name}…")
+
+    def _show_result(self, layer: Image, scan, labels, entropy, names, model_name) -> None:
+        pred_name, corr_name = f"{layer.name} prediction", f"{layer.name} corrected"
+        for name in (pred_name, corr_name):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        data, kwargs, _ = labels_layer(labels, scan, names, pred_name)
+        self.prediction = self.viewer.add_labels(data, **kwargs)
+        self.prediction.editable = False
+        self.prediction.visible = False
+        data, kwargs, _ = labels_layer(labels, scan, names, corr_name)
+        self.corrected = self.viewer.add_labels(data.copy(), **kwargs)
+        self.viewer.layers.selection.active = self.corrected
+        self.label_box.blockSignals(True)
+        self.label_box.clear()
+        for name, value in sorted(names.items(), key=lambda kv: kv[1]):
+            self.label_box.addItem(f"{value}: {name}", int(value))
+        self.label_box.blockSignals(False)
+        self.label_box.setCurrentIndex(1 if len(names) > 1 else 0)
+        self._pick_label()
+        self.entropy = entropy
+        self.review.clear()
+        for k in np.argsort(-entropy, kind="stable"):
+            item = QListWidgetItem(f"slice {int(k)}: uncertainty {float(entropy[k]):.3f}")
+            item.setData(256, int(k))  # Qt.UserRole
+            self.review.addItem(item)
+        present = sorted(set(np.unique(labels).tolist()) - {0})
+        found = ", ".join(n for n, v in names.items() if v in present) or "nothing"
+        self.status.setText(f"{model_name}: found {found}. Correct '{corr_name}' with the paint tools.")
+
+    def _jump(self, item: QListWidgetItem) -> None:
+        k = int(item.data(256))
+        self.go_to_slice(k)
+
+    def go_to_slice(self, k: int) -> None:
+        """Show axial slice ``k`` (display axis 0, inferior to superior) of the segmented scan."""
+        layer = self.corrected or self.prediction
+        if layer is None:
+            return
+        z = float(layer.data_to_world((k, 0, 0))[0])
+        self.viewer.dims.set_point(0, z)
+
+    def _pick_label(self, *_):
+        value = self.label_box.currentData()
+        if self.corrected is not None and value is not None:
+            self.corrected.selected_label = int(value)
+
+    # ------------------------------------------------------------------ save, dataset, fine-tune
+
+    def _labels_layer(self) -> Labels:
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Labels):
+            return active
+        if self.corrected is not None and self.corrected in self.viewer.layers:
+            return self.corrected
+        raise MedsegError("no Labels layer to save: segment a scan first, or select a Labels layer")
+
+    def save(self, path: str | Path, layer: Labels | None = None) -> Path | None:
+        """Write the corrected mask (or ``layer``) as NIfTI in its scan's geometry."""
+        from medseg.io import save_mask
+
+        try:
+            layer = layer or self._labels_layer()
+            labels, scan = labels_in_scan_order(layer.data, layer.metadata, layer.name)
+            out = save_mask(labels, scan, path)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return None
+        show_info(f"saved {out}")
+        self.status.setText(f"saved {out}")
+        return out
+
+    def add_to_training_set(self, folder: str | Path, layer: Labels | None = None):
+        """Append the scan and its corrected mask to a dataset folder (nnU-Net layout)."""
+        from medseg.data import add_case
+
+        try:
+            layer = layer or self._labels_layer()
+            labels, scan = labels_in_scan_order(layer.data, layer.metadata, layer.name)
+            names = layer.metadata.get(NAMES_KEY) or {"background": 0}
+            case = add_case(folder, scan, labels, names)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return None
+        self.dataset_dir = Path(folder)
+        show_info(f"added {case.name} to {folder}")
+        self.status.setText(f"added {case.name} to {folder}")
+        return case
+
+    def fine_tune(self, run_dir: str | Path, dataset: str | Path | None = None, epochs: int | None = None,
+                  steps: int = 20) -> None:
+        """Fine-tune the current model on the dataset folder in a worker; the result becomes the model."""
+        if self.running:
+            return
+        dataset = Path(dataset) if dataset else self.dataset_dir
+        if dataset is None:
+            self._fail(MedsegError("no training set yet: use 'Add to training set…' first"))
+            return
+        model = self.model_edit.text().strip()
+        init = None if model in ("", DEFAULT_MODEL) else model
+        if init is None:
+            from medseg.bundle import default_bundle_path
+
+            init = str(default_bundle_path())
+        job = thread_worker(_background)(_fine_tune_job, str(dataset), str(run_dir), init,
+                                         int(epochs or self.epochs.value()), steps, self.device_box.currentText())
+
+        def done(value):
+            best, dice = value
+            self.model_edit.setText(best)
+            summary = ", ".join(f"{k} {v:.2f}" for k, v in dice.items())
+            show_info(f"fine-tuned model ready: {best}")
+            self.status.setText(f"fine-tuned model (Dice {summary}) is now the model for Segment: {best}")
+
+        self._start(job, done, f"fine-tuning on {dataset}…")
+
+    def _browse_model(self):
+        folder = QFileDialog.getExistingDirectory(self, "Model bundle folder")
+        if folder:
+            self.model_edit.setText(folder)
+
+    def _save_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save mask", "", "NIfTI (*.nii.gz *.nii)")
+        if path:
+            self.save(path)
+
+    def _add_dialog(self):
+        folder = QFileDialog.getExistingDirectory(self, "Training set folder")
+        if folder:
+            self.add_to_training_set(folder)
+
+    def _fine_tune_dialog(self):
+        folder = QFileDialog.getExistingDirectory(self, "Folder for the fine-tuning run (a new, empty folder)")
+        if folder:
+            self.fine_tune(folder)

@@ -1,0 +1,210 @@
+"""The napari plugin in a real viewer (run under Xvfb: `xvfb-run -a pytest`)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from conftest import SAMPLE
+
+napari = pytest.importorskip("napari", reason="napari is not installed (pip install -e .[napari])")
+pytest.importorskip("pytestqt", reason="pytest-qt is not installed (pip install -e .[napari])")
+if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+    pytest.skip("no display for napari's OpenGL canvas: run the tests under xvfb-run", allow_module_level=True)
+
+from medseg.display import from_display, to_display  # noqa: E402
+from medseg.io import load_scan  # noqa: E402
+from medseg.phantom import LABELS  # noqa: E402
+from napari_plugin import _widget  # noqa: E402
+from napari_plugin._reader import get_reader  # noqa: E402
+from napari_plugin._widget import SegmentWidget  # noqa: E402
+
+ORGANS = ("liver", "spleen", "kidney_right", "kidney_left")
+
+
+def _display_index(scan, ijk):
+    marker = np.zeros(scan.shape, dtype=np.uint8)
+    marker[tuple(ijk)] = 1
+    data, _ = to_display(marker, scan.affine)
+    return tuple(int(v) for v in np.argwhere(data)[0])
+
+
+def _expected_world(scan, ijk):
+    ras = (scan.affine @ np.r_[np.asarray(ijk, dtype=float), 1.0])[:3]
+    return (ras * [-1, -1, 1])[::-1]  # world (z, y, x) in LPS mm
+
+
+@pytest.mark.parametrize("name", ["real_ct_dicom", "mr_3mm_lps.nii.gz", "ct_abdomen_3mm.nii.gz"])
+def test_reader_places_real_scans_in_world_coordinates(make_napari_viewer, shared_data, name):
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(shared_data / name), plugin="medseg")
+    assert len(layers) == 1
+    layer = layers[0]
+    scan = load_scan(shared_data / name)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        ijk = [int(rng.integers(n)) for n in scan.shape]
+        idx = _display_index(scan, ijk)
+        assert layer.data[idx] == scan.array[tuple(ijk)]
+        np.testing.assert_allclose(layer.data_to_world(idx), _expected_world(scan, ijk), atol=1e-3)
+    # true proportions: the world extent along each axis is voxels x spacing (not squashed)
+    extent = np.abs(np.diag(layer.affine.affine_matrix)[:3]) * np.array(layer.data.shape)
+    np.testing.assert_allclose(sorted(extent), sorted(np.array(scan.shape) * scan.spacing), rtol=1e-4)
+    if scan.modality == "CT":
+        assert tuple(layer.contrast_limits) == (-160.0, 240.0)  # soft-tissue window
+
+
+def test_reader_declines_what_it_cannot_read(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a scan")
+    (tmp_path / "empty").mkdir()
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+    assert get_reader(str(tmp_path / "empty")) is None
+    assert get_reader(str(tmp_path)) is None  # a folder without DICOM files
+    assert get_reader([str(SAMPLE / "phantom_ct.nii.gz"), str(SAMPLE / "phantom_ct.nii.gz")]) is None
+    assert get_reader(str(SAMPLE / "phantom_ct_dicom")) is not None
+
+
+def test_manifest_is_discovered():
+    import npe2
+
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("medseg")
+    kinds = manifest.contributions
+    assert kinds.readers and kinds.writers and kinds.widgets and kinds.sample_data
+
+
+def _segmented(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("medseg", "phantom_ct")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.segment("phantom CT")
+    qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
+    assert widget.corrected is not None, widget.status.text()
+    return viewer, widget
+
+
+def test_segment_widget_on_the_sample(make_napari_viewer, qtbot):
+    viewer, widget = _segmented(make_napari_viewer, qtbot)
+    image, truth = viewer.layers["phantom CT"], viewer.layers["phantom CT ground truth"]
+    pred = viewer.layers["phantom CT prediction"]
+    assert widget.corrected.name == "phantom CT corrected" and not pred.editable
+    for layer in (pred, widget.corrected):
+        assert layer.data.shape == image.data.shape
+        np.testing.assert_allclose(layer.affine.affine_matrix, image.affine.affine_matrix)
+    for name in ORGANS:
+        v = LABELS[name]
+        p, r = pred.data == v, truth.data == v
+        dice = 2 * (p & r).sum() / (p.sum() + r.sum())
+        assert dice >= 0.9, (name, dice)
+    # names and stable colours
+    assert list(widget.corrected.features["structure"][:3]) == ["background", "liver", "spleen"]
+    np.testing.assert_allclose(widget.corrected.colormap.map(np.array([1]))[0][:3], [0.80, 0.42, 0.25], atol=1e-3)
+    # worst-first review: one entry per axial slice, sorted, and a click moves the viewer there
+    assert widget.review.count() == image.data.shape[0]
+    values = [float(widget.review.item(i).text().rsplit(" ", 1)[1]) for i in range(widget.review.count())]
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]
+    worst = int(widget.review.item(0).data(256))
+    widget._jump(widget.review.item(0))
+    assert viewer.dims.point[0] == pytest.approx(image.data_to_world((worst, 0, 0))[0])
+    # the label picker sets the paint label
+    widget.label_box.setCurrentIndex(2)
+    assert widget.corrected.selected_label == 2
+
+
+def test_painted_correction_saved_and_reread(make_napari_viewer, qtbot, tmp_path):
+    viewer, widget = _segmented(make_napari_viewer, qtbot)
+    layer = widget.corrected
+    before = viewer.layers["phantom CT prediction"].data.copy()
+    layer.paint((20, 80, 80), 2, refresh=True)  # a brush stroke of label 2 (spleen)
+    layer.data[21, 10:20, 10:20] = 5
+    assert not np.array_equal(layer.data, before)
+    np.testing.assert_array_equal(viewer.layers["phantom CT prediction"].data, before)  # prediction kept
+    out = tmp_path / "corrected.nii.gz"
+    written = napari.save_layers(str(out), [layer], plugin="medseg")
+    assert written == [str(out)]
+    scan = viewer.layers["phantom CT"].metadata["medseg_scan"]
+    back = load_scan(out)
+    np.testing.assert_allclose(back.affine, scan.affine, atol=1e-4)
+    np.testing.assert_array_equal(back.array, from_display(layer.data, scan.affine))
+    # the widget's own Save does the same
+    assert widget.save(tmp_path / "again.nii.gz") is not None
+    np.testing.assert_array_equal(load_scan(tmp_path / "again.nii.gz").array, back.array)
+    # never over the source
+    messages = []
+    widget_errors = _capture_errors(messages)
+    try:
+        assert widget.save(SAMPLE / "phantom_ct_dicom" / "x.nii.gz") is None
+    finally:
+        widget_errors.undo()
+    assert "refusing to write into the input" in messages[-1]
+
+
+class _capture_errors:
+    def __init__(self, sink):
+        self.old = _widget.show_error
+        _widget.show_error = sink.append
+
+    def undo(self):
+        _widget.show_error = self.old
+
+
+def test_add_to_training_set_and_fine_tune(make_napari_viewer, qtbot, tmp_path):
+    from medseg.bundle import load_bundle
+    from medseg.data import check_dataset
+
+    viewer, widget = _segmented(make_napari_viewer, qtbot)
+    ds = tmp_path / "hospital"
+    case = widget.add_to_training_set(ds)
+    assert case is not None and case.name == "phantom_ct_dicom"
+    assert widget.add_to_training_set(ds).name == "phantom_ct_dicom_2"  # a second correction, a new case
+    idx = check_dataset(ds)
+    assert idx.problems == [] and len(idx.cases) == 2 and idx.labels == LABELS and idx.modality == "CT"
+    widget.fine_tune(tmp_path / "run", epochs=1, steps=2)
+    qtbot.waitUntil(lambda: not widget.running, timeout=600_000)
+    assert widget.model_edit.text() == str(tmp_path / "run" / "best"), widget.status.text()
+    assert load_bundle(tmp_path / "run" / "best").card.training["init"]["kept_classes"] == list(LABELS)
+
+
+def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("medseg", "phantom_ct")
+    widget = SegmentWidget(viewer)
+    messages: list[str] = []
+    capture = _capture_errors(messages)
+    try:
+        (tmp_path / "not_a_bundle").mkdir()
+        widget.model_edit.setText(str(tmp_path / "not_a_bundle"))
+        widget.segment("phantom CT")
+        assert not widget.running and "not_a_bundle" in messages[-1]
+        # a Labels layer whose shape does not match its scan
+        truth = viewer.layers["phantom CT ground truth"]
+        wrong = viewer.add_labels(np.zeros((3, 4, 5), np.uint8), metadata=dict(truth.metadata), name="wrong")
+        assert widget.save(tmp_path / "wrong.nii.gz", wrong) is None
+        assert "does not match its scan" in messages[-1] and not (tmp_path / "wrong.nii.gz").exists()
+        # a Labels layer drawn from scratch, with no scan behind it
+        loose = viewer.add_labels(np.zeros((3, 4, 5), np.uint8), name="loose")
+        assert widget.save(tmp_path / "loose.nii.gz", loose) is None and "no source scan" in messages[-1]
+        # fine-tuning before any case was added
+        widget.fine_tune(tmp_path / "run")
+        assert "no training set" in messages[-1]
+    finally:
+        capture.undo()
+    # a folder of broken DICOM: the reader raises medseg's one-line message (napari shows it)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    reader = get_reader(str(broken))
+    with pytest.raises(Exception, match="broken"):
+        reader(str(broken))
+
+
+def test_sample_data_layers_align():
+    from napari_plugin._sample_data import phantom_ct
+
+    (img, img_kw, kind1), (lab, lab_kw, kind2) = phantom_ct()
+    assert (kind1, kind2) == ("image", "labels") and img.shape == lab.shape
+    np.testing.assert_allclose(img_kw["affine"], lab_kw["affine"])
+    assert set(np.unique(lab)) == set(LABELS.values())
