@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # with a GPU, pip resolves torch from pyproject.toml (a CUDA build).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast sample-data phantoms model bench clean
+.PHONY: setup demo test test-fast sample-data phantoms model screenshot bench clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,10 @@ phantoms: setup
 model: phantoms
 	$(BIN)/medseg train runs/phantoms72 -o runs/bundled --epochs 60 --steps-per-epoch 60 --crop 128 --loss ce+dice --seed 0 --name medseg-phantom-abdomen-ct
 	rm -rf sample_data/model && cp -r runs/bundled/best sample_data/model
+
+# Refresh the README's napari screenshot (a real viewer under Xvfb).
+screenshot: setup
+	env -u QT_QPA_PLATFORM xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python docs/make_screenshot.py
 
 bench: setup
 	$(BIN)/python benchmarks/bench_segment.py

@@ -96,7 +96,7 @@ def load_scan(path: str | os.PathLike, *, series_uid: str | None = None, modalit
             scan = _load_nifti(p)
         elif name.endswith(SITK_SUFFIXES):
             scan = _load_sitk_file(p)
-        elif _looks_like_dicom(p):
+        elif looks_like_dicom(p):
             scan = _load_dicom_file(p)
         else:
             raise MedsegError(
@@ -248,7 +248,7 @@ class DicomSeries:
         return f"{self.uid} ({self.modality}, '{desc}', {len(self.slices)} slices)"
 
 
-def _looks_like_dicom(path: Path) -> bool:
+def looks_like_dicom(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseg.io import NIFTI_SUFFIXES, SITK_SUFFIXES, load_scan
+from medseg.io import NIFTI_SUFFIXES, SITK_SUFFIXES, load_scan, looks_like_dicom
 
 from ._layers import image_layer
 
 
 def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return path.suffix.lower() == ".dcm" or looks_like_dicom(path)
 
 
 def readable(path: Path) -> bool:

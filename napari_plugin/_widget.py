@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from medseg.display import CT_WINDOWS, window_limits
 from medseg.errors import MedsegError
 
 from ._layers import NAMES_KEY, SCAN_KEY, labels_layer
@@ -123,6 +124,9 @@ class SegmentWidget(QWidget):
         browse.clicked.connect(self._browse_model)
         self.device_box = QComboBox()
         self.device_box.addItems(["auto", "cpu", "cuda"])
+        self.window_box = QComboBox()
+        self.window_box.addItems(list(CT_WINDOWS))
+        self.window_box.textActivated.connect(self.set_window)
         self.run_button = QPushButton("Segment")
         self.run_button.clicked.connect(lambda: self.segment())
         self.cancel_button = QPushButton("Cancel")
@@ -153,6 +157,7 @@ class SegmentWidget(QWidget):
         row.addWidget(browse)
         form.addRow("model", row)
         form.addRow("device", self.device_box)
+        form.addRow("CT window", self.window_box)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -197,6 +202,17 @@ class SegmentWidget(QWidget):
             raise MedsegError(f"layer '{name}': not opened with medseg's reader, so its geometry is unknown")
         return layer
 
+    def set_window(self, preset: str) -> None:
+        """Apply a CT window preset (soft tissue, lung, bone, brain) to the chosen image layer."""
+        try:
+            layer = self._image()
+        except MedsegError as exc:
+            self._fail(exc)
+            return
+        low, high = window_limits(*CT_WINDOWS[preset])
+        layer.contrast_limits_range = (min(low, layer.contrast_limits_range[0]), max(high, layer.contrast_limits_range[1]))
+        layer.contrast_limits = (low, high)
+
     def _fail(self, exc: BaseException) -> None:
         message = str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {exc}"
         self.status.setText(message)
@@ -233,6 +249,7 @@ class SegmentWidget(QWidget):
 
         worker.yielded.connect(yielded)
         worker.returned.connect(returned)
+        worker.aborted.connect(lambda: self.status.setText("cancelled"))
         worker.errored.connect(self._fail)
         worker.finished.connect(finished)
         worker.start()

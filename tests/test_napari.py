@@ -109,6 +109,9 @@ def test_segment_widget_on_the_sample(make_napari_viewer, qtbot):
     worst = int(widget.review.item(0).data(256))
     widget._jump(widget.review.item(0))
     assert viewer.dims.point[0] == pytest.approx(image.data_to_world((worst, 0, 0))[0])
+    # CT window presets
+    widget.set_window("lung")
+    assert tuple(image.contrast_limits) == (-1350.0, 150.0)
     # the label picker sets the paint label
     widget.label_box.setCurrentIndex(2)
     assert widget.corrected.selected_label == 2
@@ -166,6 +169,18 @@ def test_add_to_training_set_and_fine_tune(make_napari_viewer, qtbot, tmp_path):
     qtbot.waitUntil(lambda: not widget.running, timeout=600_000)
     assert widget.model_edit.text() == str(tmp_path / "run" / "best"), widget.status.text()
     assert load_bundle(tmp_path / "run" / "best").card.training["init"]["kept_classes"] == list(LABELS)
+
+
+def test_cancel_leaves_nothing_half_done(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("medseg", "phantom_ct")
+    widget = SegmentWidget(viewer)
+    widget.segment("phantom CT")
+    assert widget.running
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert widget.status.text() == "cancelled" and widget.corrected is None
+    assert [layer.name for layer in viewer.layers] == ["phantom CT", "phantom CT ground truth"]
 
 
 def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tmp_path):
