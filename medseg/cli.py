@@ -158,6 +158,102 @@ def _print_dice(labels, ref, names: dict[str, int]) -> None:
 
 @app.command()
 @_friendly
+def batch(
+    input_dir: Path = typer.Argument(..., help="Folder of scans: NIfTI files and/or DICOM series sub-folders."),
+    output_dir: Path = typer.Argument(..., help="Folder for the masks (same relative names), summary.csv/json."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model bundle folder (default: the bundled model)."),
+    pattern: str = typer.Option("*.nii.gz,*.nii", help="File name patterns (comma-separated) of the scans."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Look in sub-folders too."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose mask already exists."),
+    preview: bool = typer.Option(False, "--preview", help="Also write a PNG per case: mask over axial slices + coronal."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    modality: Optional[str] = typer.Option(None, help="CT or MR, for files that do not say (NIfTI)."),
+    batch_size: int = typer.Option(8, min=1, help="Slices per forward pass."),
+) -> None:
+    """Segment every scan of a folder; resumable (existing masks are kept), failures isolated and listed."""
+    from .batch import (
+        STATUS_DONE,
+        STATUS_FAILED,
+        STATUS_SKIPPED,
+        find_scans,
+        merge_summaries,
+        run_batch,
+        shard,
+        write_summary,
+    )
+    from .bundle import load_bundle
+    from .inference import resolve_device
+    from .training import dist_info
+
+    info = dist_info()
+    dist = None
+    if info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+    cases = find_scans(input_dir, output_dir, pattern=pattern, recursive=recursive, preview=preview)
+    if not cases:
+        raise MedsegError(f"{input_dir}: no scans found (patterns {pattern}; DICOM series folders)")
+    _check_writable(output_dir / "summary.csv")
+    dev = resolve_device(device)
+    if dev.type == "cuda" and info.world_size > 1:
+        import torch
+
+        dev = torch.device("cuda", info.local_rank % max(torch.cuda.device_count(), 1))
+    bundle = load_bundle(model, device=dev)
+    mine = shard(cases, info.rank, info.world_size)
+    t0 = time.perf_counter()
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=err, transient=True, disable=not info.is_main,
+    )
+    with bar:
+        overall = bar.add_task("cases", total=len(mine))
+        slices = bar.add_task("slices", total=None, visible=False)
+
+        def start(case, n, total):
+            bar.update(slices, description=case.name[-40:], completed=0, total=None, visible=True)
+
+        def step(done, total):
+            bar.update(slices, completed=done, total=total)
+
+        def done(row):
+            bar.advance(overall)
+
+        result = run_batch(mine, bundle, device=dev, overwrite=overwrite, modality=modality, batch_size=batch_size,
+                           on_case_start=start, on_slices=step, on_case_done=done)
+    seconds = time.perf_counter() - t0
+    if dist is not None:
+        write_summary(result.rows, output_dir, name=f"summary.rank{info.rank}")
+        dist.barrier()
+        rows = merge_summaries(output_dir, info.world_size) if info.is_main else []
+        import torch
+
+        failed = torch.tensor([result.failed])
+        dist.all_reduce(failed)
+        dist.barrier()
+        dist.destroy_process_group()
+        any_failed = int(failed.item()) > 0
+    else:
+        write_summary(result.rows, output_dir)
+        rows = result.rows
+        any_failed = result.failed > 0
+    if info.is_main:
+        table = Table(title=f"medseg batch: {len(rows)} case(s) in {seconds:.1f} s")
+        for col in ("done", "skipped", "failed"):
+            table.add_column(col, justify="right")
+        table.add_row(*(str(sum(1 for r in rows if r["status"] == s)) for s in (STATUS_DONE, STATUS_SKIPPED, STATUS_FAILED)))
+        out.print(table)
+        for r in rows:
+            if r["status"] == STATUS_FAILED:
+                err.print(f"[red]failed:[/red] {r['error']}", highlight=False, soft_wrap=True)
+        err.print(f"summary: {output_dir / 'summary.csv'}", highlight=False)
+    if any_failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_friendly
 def info(
     input: Path = typer.Argument(..., help="Scan file or DICOM folder."),
     series: Optional[str] = typer.Option(None, help="SeriesInstanceUID, when the folder holds several series."),
