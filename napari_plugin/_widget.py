@@ -45,11 +45,12 @@ class Cancelled(Exception):
     pass
 
 
-def _background(fn, *args, **kwargs):
-    """Generator for a thread_worker: runs ``fn(*args, progress=..., cancel=..., **kwargs)`` in a
-    thread, yields its (done, total) progress, returns its result; quitting the worker cancels."""
+def _background(fn, *args, cancel: threading.Event | None = None, **kwargs):
+    """Generator for a thread_worker: runs ``fn(*args, progress=..., **kwargs)`` in a thread,
+    yields its (done, total) progress and returns its result. Setting ``cancel`` (or quitting
+    the worker) stops ``fn`` at its next progress report."""
     updates: queue.Queue = queue.Queue()
-    cancel = threading.Event()
+    cancel = cancel if cancel is not None else threading.Event()
     result: dict = {}
 
     def progress(done: int, total: int) -> None:
@@ -114,6 +115,7 @@ class SegmentWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.worker = None
+        self._cancel = threading.Event()
         self.running = False
         self.prediction: Labels | None = None
         self.corrected: Labels | None = None
@@ -256,6 +258,7 @@ class SegmentWidget(QWidget):
 
     def cancel(self) -> None:
         if self.worker is not None:
+            self._cancel.set()  # stops the computation itself at its next progress report
             self.worker.quit()
             self.status.setText("cancelling…")
 
@@ -276,7 +279,8 @@ class SegmentWidget(QWidget):
             self._fail(exc)
             return
         scan = layer.metadata[SCAN_KEY]
-        job = thread_worker(_background)(_segment_job, scan, model, self.device_box.currentText())
+        self._cancel = threading.Event()
+        job = thread_worker(_background)(_segment_job, scan, model, self.device_box.currentText(), cancel=self._cancel)
         self._start(job, lambda value: self._show_result(layer, scan, *value), f"segmenting {layer.name}…")
 
     def _show_result(self, layer: Image, scan, labels, entropy, names, model_name) -> None:
@@ -382,8 +386,10 @@ class SegmentWidget(QWidget):
             from medseg.bundle import default_bundle_path
 
             init = str(default_bundle_path())
+        self._cancel = threading.Event()
         job = thread_worker(_background)(_fine_tune_job, str(dataset), str(run_dir), init,
-                                         int(epochs or self.epochs.value()), steps, self.device_box.currentText())
+                                         int(epochs or self.epochs.value()), steps, self.device_box.currentText(),
+                                         cancel=self._cancel)
 
         def done(value):
             best, dice = value

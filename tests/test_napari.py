@@ -179,7 +179,7 @@ def test_cancel_leaves_nothing_half_done(make_napari_viewer, qtbot):
     assert widget.running
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
-    assert widget.status.text() == "cancelled" and widget.corrected is None
+    assert widget.status.text() == "cancelled" and widget.corrected is None and widget._cancel.is_set()
     assert [layer.name for layer in viewer.layers] == ["phantom CT", "phantom CT ground truth"]
 
 
