@@ -90,6 +90,8 @@ def find_scans(
         raise MedsegError(f"{root}: not a folder")
     patterns = [p.strip() for p in pattern.split(",") if p.strip()]
     out_resolved = out.resolve()
+    if out_resolved == root.resolve():
+        raise MedsegError(f"{out}: the output folder is the input folder; masks would replace the scans")
     cases: list[BatchCase] = []
 
     def add(path: Path, rel: Path, is_dir: bool) -> None:

@@ -120,6 +120,8 @@ def test_recursive_pattern_and_empty(tmp_path):
     r = _batch(src, tmp_path / "deep", "--recursive")
     assert r.returncode == 0 and set(_rows(tmp_path / "deep")) == {"case80.nii.gz", "site_b/case81.nii.gz"}
     assert (tmp_path / "deep" / "site_b" / "case81.nii.gz").is_file()
+    r = _batch(src, src)
+    assert r.returncode == 1 and "output folder is the input folder" in r.stderr
     (tmp_path / "empty").mkdir()
     r = _batch(tmp_path / "empty", tmp_path / "o")
     assert r.returncode == 1 and "no scans found" in r.stderr and "Traceback" not in r.stderr
