@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import MedsegError
 from .io import (
+    _reason,
     atomic_write,
     atomic_write_text,
     load_scan,
@@ -126,32 +127,31 @@ def shard(cases: list[BatchCase], rank: int, world_size: int) -> list[BatchCase]
     return sorted(cases, key=lambda c: c.name)[rank::world_size]
 
 
-def mask_is_complete(path: Path) -> bool:
-    """A mask written by an earlier run: present, a readable NIfTI whose data decompress fully.
+def existing_mask(path: Path):
+    """The mask an earlier run wrote, read through (a truncated file is caught), or None.
 
     Masks are written atomically, so a file under the final name is complete unless something
-    else truncated it; reading it through catches that too.
+    else damaged it; anything unreadable is redone.
     """
     if not path.is_file() or path.stat().st_size == 0:
-        return False
+        return None
     try:
-        import nibabel as nib
+        return load_scan(path)
+    except MedsegError:
+        return None
 
-        img = nib.load(str(path))
-        np.asarray(img.dataobj)
-        return True
-    except Exception:  # noqa: BLE001 - any unreadable file is redone
-        return False
+
+def _failure(path: Path, exc: BaseException) -> str:
+    """One line for a case that failed: medseg's own message, or the file and the first line of the error."""
+    return str(exc) if isinstance(exc, MedsegError) else f"{path}: {type(exc).__name__}: {_reason(exc)}"
 
 
 def _load(case: BatchCase, modality: str | None):
     t0 = time.perf_counter()
     try:
         return load_scan(case.input, modality=modality), None, time.perf_counter() - t0
-    except MedsegError as exc:
-        return None, str(exc), time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001 - isolated: reported, batch goes on
-        return None, f"{case.input}: unreadable ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})", time.perf_counter() - t0
+        return None, _failure(case.input, exc), time.perf_counter() - t0
 
 
 def run_batch(
@@ -179,13 +179,10 @@ def run_batch(
             if target is not None and target.parent.is_dir():
                 for stale in target.parent.glob(f".{target.name}.*.partial*"):
                     stale.unlink(missing_ok=True)
-        if not overwrite and mask_is_complete(case.output) and (case.preview is None or case.preview.is_file()):
+        existing = None if overwrite or (case.preview is not None and not case.preview.is_file()) else existing_mask(case.output)
+        if existing is not None:
             row = _row(case, STATUS_SKIPPED, 0.0, names)
-            try:
-                existing = load_scan(case.output)
-                row.update(_volumes(label_volumes_ml(existing.array, existing.voxel_volume_ml, names), names))
-            except MedsegError:
-                pass
+            row.update(_volumes(label_volumes_ml(existing.array, existing.voxel_volume_ml, names), names))
             result.rows.append(row)
             if on_case_done:
                 on_case_done(row)
@@ -208,10 +205,8 @@ def run_batch(
                         write_preview(scan, labels, case.preview, names)
                     row.update(_volumes(label_volumes_ml(labels, scan.voxel_volume_ml, names), names))
                     row["status"] = STATUS_DONE
-                except MedsegError as exc:
-                    error = str(exc)
                 except Exception as exc:  # noqa: BLE001 - isolated: reported, batch goes on
-                    error = f"{case.input}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+                    error = _failure(case.input, exc)
             row["error"] = error or ""
             row["seconds"] = round(time.perf_counter() - t0 + load_s, 3)
             result.rows.append(row)
@@ -273,7 +268,7 @@ def write_preview(scan, labels: np.ndarray, path: Path, names: dict[str, int], n
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
-    from .display import default_contrast, display_affine, to_display
+    from .display import default_contrast, display_affine, label_colours, to_display
 
     # display order (S, P, L): an axial slice shows anterior up and the patient's right on the
     # left (radiological convention), a coronal one superior up
@@ -287,8 +282,9 @@ def write_preview(scan, labels: np.ndarray, path: Path, names: dict[str, int], n
         picks = [int(ks[int(round(q * (len(ks) - 1)))]) for q in np.linspace(0.2, 0.8, n_axial)]
     else:
         picks = [int(round(q * (data.shape[0] - 1))) for q in np.linspace(0.25, 0.75, n_axial)]
-    colours = ListedColormap([(0, 0, 0, 0)] + _cycle(max(names.values(), default=1)))
     vmax = max(max(names.values(), default=1), 1)
+    table = label_colours(names)
+    colours = ListedColormap([table.get(v, (0.5, 0.5, 0.5, 1.0)) for v in range(vmax + 1)])
     fig = Figure(figsize=(4 * (n_axial + 1), 4.4), dpi=80)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_axial + 1)
@@ -308,9 +304,3 @@ def write_preview(scan, labels: np.ndarray, path: Path, names: dict[str, int], n
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
-
-
-def _cycle(n: int) -> list:
-    base = [(0.80, 0.42, 0.25, 1), (0.56, 0.27, 0.68, 1), (0.95, 0.77, 0.06, 1), (0.20, 0.60, 0.86, 1),
-            (0.18, 0.80, 0.44, 1), (0.90, 0.30, 0.24, 1), (0.10, 0.74, 0.61, 1), (0.83, 0.33, 0.00, 1)]
-    return [base[i % len(base)] for i in range(n)]

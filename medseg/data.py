@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MedsegError
-from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, grid_mismatch, load_scan
+from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, as_label_map, grid_mismatch, load_scan
 
 _CHANNEL = re.compile(r"_\d{4}$")
 
@@ -188,14 +188,10 @@ def check_dataset(root: str | Path) -> DatasetIndex:
         why = grid_mismatch(image, label)
         if why is not None:
             idx.problems.append(f"{case.label}: {why} of its image {case.image.name}")
-        arr = label.array
-        if arr.dtype.kind == "f":
-            if not np.all(np.mod(arr, 1) == 0):
-                idx.problems.append(f"{case.label}: label values are not whole numbers")
-                continue
-            arr = arr.astype(np.int64)
-        if arr.size and arr.min() < 0:
-            idx.problems.append(f"{case.label}: negative label values")
+        try:
+            arr = as_label_map(label.array, case.label)
+        except MedsegError as exc:
+            idx.problems.append(str(exc))
             continue
         present = set(np.flatnonzero(np.bincount(arr.ravel())).tolist())
         undeclared = sorted(present - declared)

@@ -37,6 +37,32 @@ CT_WINDOWS = {
     "brain": (40.0, 80.0),
 }
 
+# Stable colours per structure name (RGBA 0-1); other labels get a fixed palette by value.
+ORGAN_COLOURS = {
+    "liver": (0.80, 0.42, 0.25, 1.0),
+    "spleen": (0.56, 0.27, 0.68, 1.0),
+    "kidney_right": (0.95, 0.77, 0.06, 1.0),
+    "kidney_left": (0.20, 0.60, 0.86, 1.0),
+    "liver_tumour": (0.18, 0.80, 0.44, 1.0),
+    "tumour": (0.18, 0.80, 0.44, 1.0),
+    "pancreas": (0.95, 0.61, 0.07, 1.0),
+}
+_PALETTE = [
+    (0.90, 0.30, 0.24, 1.0), (0.16, 0.50, 0.73, 1.0), (0.15, 0.68, 0.38, 1.0), (0.61, 0.35, 0.71, 1.0),
+    (0.95, 0.77, 0.06, 1.0), (0.10, 0.74, 0.61, 1.0), (0.83, 0.33, 0.00, 1.0), (0.20, 0.29, 0.37, 1.0),
+]
+
+
+def label_colours(names: dict[str, int]) -> dict:
+    """RGBA per label value: 0 transparent, a named structure always the same colour, others a fixed palette."""
+    colours: dict = {None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0)}
+    for name, value in names.items():
+        if value:
+            colours[int(value)] = ORGAN_COLOURS.get(name.lower(), _PALETTE[int(value) % len(_PALETTE)])
+    for value in range(1, 256):
+        colours.setdefault(value, _PALETTE[value % len(_PALETTE)])
+    return colours
+
 
 def display_affine(ras_affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The 4x4 map from display-array indices ``(S, P, L)`` to world ``(z, y, x)`` LPS mm."""
@@ -83,6 +109,8 @@ def default_contrast(array: np.ndarray, modality: str | None) -> tuple[float, fl
 
 __all__ = [
     "CT_WINDOWS",
+    "ORGAN_COLOURS",
+    "label_colours",
     "default_contrast",
     "display_affine",
     "display_shape",

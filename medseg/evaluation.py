@@ -33,6 +33,7 @@ from .io import (
     NIFTI_SUFFIXES,
     SITK_SUFFIXES,
     Scan,
+    as_label_map,
     atomic_write_text,
     grid_mismatch,
     load_scan,
@@ -137,18 +138,6 @@ class Evaluation:
 # ---------------------------------------------------------------------------------------------- one pair
 
 
-def _label_array(scan: Scan) -> np.ndarray:
-    """The scan's voxels as non-negative integer labels, or an error naming the file."""
-    arr = scan.array
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
-            raise MedsegError(f"{scan.source}: label values are not whole numbers (not a label map?)")
-        arr = arr.astype(np.int64)
-    if arr.size and int(arr.min()) < 0:
-        raise MedsegError(f"{scan.source}: negative label values (not a label map?)")
-    return arr
-
-
 def evaluate_pair(
     pred: Scan, ref: Scan, labels: dict[str, int] | None, hd95: bool = True, case: str | None = None
 ) -> list[dict]:
@@ -163,8 +152,8 @@ def evaluate_pair(
     why = grid_mismatch(ref, pred)
     if why is not None:
         raise MedsegError(f"{pred.source}: {why} of its reference {ref.source.name}")
-    p = _label_array(Scan(array_on_grid_of(ref, pred), ref.affine, pred.source))
-    r = _label_array(ref)
+    p = as_label_map(array_on_grid_of(ref, pred), pred.source)
+    r = as_label_map(ref.array, ref.source)
     vml = ref.voxel_volume_ml
     pred_ml, ref_ml = label_volumes_ml(p, vml), label_volumes_ml(r, vml)  # keys: str(value)
     if labels is None:

@@ -498,6 +498,19 @@ def label_dtype(labels: np.ndarray) -> np.dtype:
     raise MedsegError(f"label map has values up to {top}; at most 65535 labels are supported")
 
 
+def as_label_map(array: np.ndarray, source) -> np.ndarray:
+    """A label map's voxels as non-negative integers (floats holding whole numbers are converted);
+    a one-line error naming ``source`` otherwise."""
+    arr = np.asarray(array)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
+            raise MedsegError(f"{source}: label values are not whole numbers (not a label map?)")
+        arr = arr.astype(np.int64)
+    if arr.size and int(arr.min()) < 0:
+        raise MedsegError(f"{source}: negative label values (not a label map?)")
+    return arr
+
+
 def check_output_path(path: str | os.PathLike, scan: Scan) -> None:
     """Refuse output paths that are not NIfTI, or that would write over or into the input."""
     path = Path(path)
@@ -604,6 +617,7 @@ def _reason(exc: BaseException) -> str:
 
 __all__ = [
     "Scan",
+    "as_label_map",
     "save_image",
     "atomic_write",
     "atomic_write_text",

@@ -164,11 +164,6 @@ def prepare_cases(cases: list[Case], card: ModelCard, workers: int = 0) -> list[
     return out
 
 
-def prepare_case(case: Case, card: ModelCard) -> PreparedCase:
-    """One pair in the model's input space (slices first)."""
-    return prepare_cases([case], card)[0]
-
-
 def _crop_or_pad(img: np.ndarray, lab: np.ndarray, size: int, rng: np.random.Generator):
     """Random ``size`` x ``size`` window of (C, H, W) / (H, W) arrays.
 

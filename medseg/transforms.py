@@ -189,15 +189,11 @@ class ToModelSpaced(MapTransform):
 
     def __call__(self, data: dict) -> dict:
         from .errors import MedsegError
+        from .io import as_label_map
 
         d = dict(data)
-        view, lview = d["image"], np.asarray(d["label"])
-        if lview.dtype.kind == "f":
-            if not np.all(np.mod(lview, 1) == 0):
-                raise MedsegError(f"{d['label_path']}: label values are not whole numbers")
-        lab = lview.astype(np.int64)
-        if lab.size and lab.min() < 0:
-            raise MedsegError(f"{d['label_path']}: negative label values")
+        view = d["image"]
+        lab = as_label_map(d["label"], d["label_path"]).astype(np.int64, copy=False)
         present = np.flatnonzero(np.bincount(lab.ravel()))
         undeclared = sorted(set(present.tolist()) - set(self.label_values))
         if undeclared:
