@@ -50,6 +50,9 @@ class ModelCard:
     orientation: str = "RAS"
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
+    # 1st and 99th percentile of the training images' voxel values (HU for CT; values below
+    # -1024 HU, padding outside the field of view, left out): scans far outside are warned about
+    intensity_range: list[float] | None = None
     medseg_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -68,23 +71,8 @@ class ModelCard:
         return 2 * self.context_slices + 1
 
     def validate(self, where: str | Path = "model card") -> None:
-        problems = []
-        if len(self.labels) < 2:
-            problems.append("needs at least two labels (background and one structure)")
-        if len(set(self.labels.values())) != len(self.labels):
-            problems.append("two labels share a value")
-        if 0 not in self.labels.values():
-            problems.append("no label has value 0 (background)")
-        if self.modality.upper() not in ("CT", "MR"):
-            problems.append(f"modality {self.modality!r} is not CT or MR")
-        if self.arch_kwargs.get("in_channels", self.in_channels) != self.in_channels:
-            problems.append(f"in_channels {self.arch_kwargs.get('in_channels')} != 2*context_slices+1")
-        if self.arch_kwargs.get("num_classes", len(self.labels)) != len(self.labels):
-            problems.append(f"num_classes {self.arch_kwargs.get('num_classes')} != number of labels {len(self.labels)}")
-        if len(self.spacing) != 2 or min(self.spacing) <= 0:
-            problems.append(f"spacing {self.spacing} is not two positive in-plane sizes")
-        if self.orientation.upper() != "RAS":
-            problems.append(f"orientation {self.orientation!r} is not supported (only RAS)")
+        """Check that the card is consistent; a one-line error naming ``where`` and the field."""
+        problems = _card_problems(self)
         if problems:
             raise MedsegError(f"{where}: invalid model card: {'; '.join(problems)}")
 
@@ -93,16 +81,91 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str | Path = "model card") -> "ModelCard":
-        known = {f for f in cls.__dataclass_fields__}
-        missing = [k for k in ("name", "labels", "modality") if k not in data]
-        if missing:
-            raise MedsegError(f"{where}: model card lacks {', '.join(missing)}")
-        if int(data.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
-            raise MedsegError(f"{where}: model card format {data['format_version']} is newer than this medseg understands")
-        card = cls(**{k: v for k, v in data.items() if k in known})
-        card.labels = {str(k): int(v) for k, v in card.labels.items()}
+        """A card from JSON data: every field type-checked (pydantic), then :meth:`validate`."""
+        from .schema import validate_as
+
+        if not isinstance(data, dict):
+            raise MedsegError(f"{where}: model card is not a JSON object")
+        version = data.get("format_version", FORMAT_VERSION)
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+            raise MedsegError(f"{where}: model card format {version} is newer than this medseg understands")
+        card = validate_as(cls, data, where)
         card.validate(where)
         return card
+
+
+def _card_problems(card: ModelCard) -> list[str]:
+    """Every inconsistency of a card, each naming its field."""
+    from .schema import finite_number
+
+    problems = []
+    if not str(card.name).strip():
+        problems.append("field 'name' is empty")
+    if len(card.labels) < 2:
+        problems.append("field 'labels' needs at least two labels (background and one structure)")
+    for name, value in card.labels.items():
+        if not str(name).strip():
+            problems.append("field 'labels' has an empty label name")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 65535:
+            problems.append(f"field 'labels.{name}': {value!r} is not a label value 0..65535")
+    values = list(card.labels.values())
+    dups = sorted({v for v in values if values.count(v) > 1})
+    if dups:
+        names = [k for k, v in card.labels.items() if v in dups]
+        problems.append(f"field 'labels': {', '.join(names)} share the value {dups[0]}")
+    if card.labels and 0 not in values:
+        problems.append("field 'labels': no label has value 0 (background)")
+    if str(card.modality).upper() not in ("CT", "MR"):
+        problems.append(f"field 'modality': {card.modality!r} is not CT or MR")
+    if card.context_slices < 0 or card.context_slices > 16:
+        problems.append(f"field 'context_slices': {card.context_slices} is not 0..16")
+    if card.arch_kwargs.get("in_channels", card.in_channels) != card.in_channels:
+        problems.append(f"field 'arch_kwargs.in_channels': {card.arch_kwargs.get('in_channels')} != 2*context_slices+1")
+    if card.arch_kwargs.get("num_classes", len(card.labels)) != len(card.labels):
+        problems.append(
+            f"field 'arch_kwargs.num_classes': {card.arch_kwargs.get('num_classes')} != number of labels {len(card.labels)}"
+        )
+    width = card.arch_kwargs.get("width")
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+        problems.append(f"field 'arch_kwargs.width': {width!r} is not a positive integer")
+    if len(card.spacing) != 2 or not all(finite_number(s) and s > 0 for s in card.spacing):
+        problems.append(f"field 'spacing': {card.spacing} is not two positive in-plane sizes (mm)")
+    if card.slice_size is not None and (len(card.slice_size) != 2 or min(card.slice_size) < 1):
+        problems.append(f"field 'slice_size': {card.slice_size} is not two positive sizes")
+    if str(card.orientation).upper() != "RAS":
+        problems.append(f"field 'orientation': {card.orientation!r} is not supported (only RAS)")
+    problems += _preprocessing_problems(card.preprocessing, card.modality)
+    if card.intensity_range is not None:
+        r = card.intensity_range
+        if len(r) != 2 or not all(finite_number(v) for v in r) or not r[0] < r[1]:
+            problems.append(f"field 'intensity_range': {r} is not an increasing pair of finite values")
+    return problems
+
+
+def _preprocessing_problems(pre: dict[str, Any], modality: str) -> list[str]:
+    from .schema import finite_number
+
+    kind = pre.get("kind")
+    if kind == "ct_window":
+        window = pre.get("window")
+        if not isinstance(window, (list, tuple)) or len(window) != 2 or not all(finite_number(v) for v in window):
+            return [f"field 'preprocessing.window': {window!r} is not two finite HU values [low, high]"]
+        if not window[0] < window[1]:
+            return [f"field 'preprocessing.window': {list(window)} is inverted or empty (low must be below high)"]
+        if str(modality).upper() != "CT":
+            return [f"field 'preprocessing.kind': a CT window for a {modality} model"]
+        return []
+    if kind == "mr_percentiles":
+        pct = pre.get("percentiles", [0.5, 99.5])
+        if (
+            not isinstance(pct, (list, tuple))
+            or len(pct) != 2
+            or not all(finite_number(v) for v in pct)
+            or not 0 <= pct[0] < pct[1] <= 100
+        ):
+            return [f"field 'preprocessing.percentiles': {pct!r} is not two percentiles 0 <= low < high <= 100"]
+        return []
+    return [f"field 'preprocessing.kind': {kind!r} is not one of ct_window, mr_percentiles"]
 
 
 @dataclass
@@ -114,12 +177,13 @@ class Bundle:
     path: Path | None = None
 
 
-def build_model(card: ModelCard) -> nn.Module:
+def build_model(card: ModelCard, where: str | Path = "model card") -> nn.Module:
     kwargs = {"in_channels": card.in_channels, "num_classes": len(card.labels), **card.arch_kwargs}
     try:
         return create_model(card.architecture, **kwargs)
     except (KeyError, TypeError, ValueError) as exc:
-        raise MedsegError(f"model card: cannot build {card.architecture!r}: {exc}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MedsegError(f"{where}: field 'architecture'/'arch_kwargs': cannot build {card.architecture!r} ({reason})") from None
 
 
 def _bundle_files(path: Path) -> tuple[Path, Path]:
@@ -152,19 +216,30 @@ def load_state_dict(weights: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_finite_weights(state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Refuse weights holding NaN or infinity (a diverged or damaged model), naming the tensor."""
+    bad = []
+    for key, value in state.items():
+        if value.is_floating_point():
+            n = int((~torch.isfinite(value)).sum())
+            if n:
+                bad.append((key, n, value.numel()))
+    if bad:
+        key, n, total = bad[0]
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise MedsegError(f"{where}: tensor '{key}' holds {n} of {total} non-finite values (NaN/inf){more}; the model is damaged")
+
+
 def load_bundle(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle folder (default: the bundled model) onto ``device``, in eval mode."""
     path = Path(path) if path is not None else default_bundle_path()
+    from .schema import read_json_object
+
     card_path, weights = _bundle_files(path)
-    try:
-        data = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MedsegError(f"{card_path}: unreadable model card ({exc})") from None
-    if not isinstance(data, dict):
-        raise MedsegError(f"{card_path}: model card is not a JSON object")
-    card = ModelCard.from_dict(data, card_path)
-    model = build_model(card)
+    card = ModelCard.from_dict(read_json_object(card_path, "model card"), card_path)
+    model = build_model(card, card_path)
     state = load_state_dict(weights)
+    check_finite_weights(state, weights)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as exc:

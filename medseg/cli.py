@@ -6,17 +6,21 @@ set ``MEDSEG_DEBUG=1`` to see tracebacks.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import math
 import os
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -45,9 +49,10 @@ def _friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _medseg_warnings_only():
+                return fn(*args, **kwargs)
         except MedsegError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130)
@@ -57,10 +62,49 @@ def _friendly(fn):
             if os.environ.get("MEDSEG_DEBUG"):
                 raise
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            err.print(f"[red]error:[/red] unexpected {type(exc).__name__}: {msg}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] unexpected {type(exc).__name__}: {escape(msg)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _medseg_warnings_only():
+    """Third-party warnings (torch, numpy, MONAI, ITK) are dropped; medseg's own doubts
+    (:class:`MedsegWarning`) are printed as one ``warning:`` line each. ``MEDSEG_DEBUG=1``
+    shows everything."""
+    from .errors import MedsegWarning
+
+    if os.environ.get("MEDSEG_DEBUG"):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("always", MedsegWarning)
+        warnings.showwarning = _show_warning
+        _quiet_itk()
+        yield
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from .errors import MedsegWarning
+
+    if issubclass(category, MedsegWarning):
+        _warn(str(message))
+
+
+def _warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _quiet_itk() -> None:
+    """ITK prints its warnings straight to stderr (not through Python): turn them off."""
+    try:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    except Exception:  # noqa: BLE001 - SimpleITK missing or too old: nothing to silence
+        pass
 
 
 def _progress() -> Progress:
@@ -73,16 +117,6 @@ def _progress() -> Progress:
         console=err,
         transient=True,
     )
-
-
-def _check_writable(path: Path) -> None:
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise MedsegError(f"{path}: cannot write here ({parent} is a file, not a folder)")
-    if not os.access(parent, os.W_OK):
-        raise MedsegError(f"{path}: cannot write here (no permission on {parent})")
 
 
 @app.command()
@@ -98,23 +132,30 @@ def segment(
     reference: Optional[Path] = typer.Option(None, help="Ground-truth label map: print Dice per label."),
 ) -> None:
     """Segment one scan and write its label map in the scan's geometry."""
-    from .bundle import load_bundle
+    from .bundle import default_bundle_path, load_bundle
     from .inference import resolve_device
     from .inference import segment as run_segment
     from .io import check_output_path, load_scan, save_mask
     from .metrics import label_volumes_ml
+    from .safety import ensure_writable, refuse_overwriting_inputs
 
+    # everything about the output is checked before any work: never over an input, writable
+    _check_mask_name(output)
+    refuse_overwriting_inputs(
+        output, [("scan", input), ("reference", reference), ("model", model if model is not None else default_bundle_path())]
+    )
+    ensure_writable(output)
+    dev = resolve_device(device)
     scan = load_scan(input, series_uid=series, modality=modality)
     check_output_path(output, scan)
-    _check_writable(output)
-    dev = resolve_device(device)
     bundle = load_bundle(model, device=dev)
-    ref = _load_reference(reference, scan) if reference is not None else None
+    ref = _load_reference(reference, scan, bundle.card.labels) if reference is not None else None
     t0 = time.perf_counter()
     with _progress() as bar:
         task = bar.add_task("segmenting", total=scan.shape[2])
         labels = run_segment(
-            scan, bundle, device=dev, batch_size=batch_size, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            scan, bundle, device=dev, batch_size=batch_size, on_warning=_warn,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     seconds = time.perf_counter() - t0
     save_mask(labels, scan, output)
@@ -137,11 +178,21 @@ def segment(
         _print_dice(labels, ref, bundle.card.labels)
 
 
-def _load_reference(path: Path, scan):
+def _check_mask_name(path: Path) -> None:
+    from .io import NIFTI_SUFFIXES
+
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
+        raise MedsegError(f"{path}: images and masks are written as NIfTI; use a .nii.gz or .nii file name")
+
+
+def _load_reference(path: Path, scan, labels: dict[str, int]):
+    """The reference label map on the scan's grid, with the same check as ``evaluate``."""
+    from .evaluation import checked_label_map
     from .io import load_scan
     from .transforms import array_on_grid_of
 
-    return array_on_grid_of(scan, load_scan(path))
+    ref = load_scan(path)
+    return checked_label_map(array_on_grid_of(scan, ref), ref.source, labels)
 
 
 def _print_dice(labels, ref, names: dict[str, int]) -> None:
@@ -181,10 +232,13 @@ def batch(
         shard,
         write_summary,
     )
-    from .bundle import load_bundle
+    from .bundle import default_bundle_path, load_bundle
     from .inference import resolve_device
+    from .safety import ensure_writable, refuse_overwriting_inputs
     from .training import dist_info
 
+    refuse_overwriting_inputs(output_dir, [("model", model if model is not None else default_bundle_path())])
+    ensure_writable(output_dir, folder=True)
     info = dist_info()
     dist = None
     if info.world_size > 1:
@@ -194,7 +248,7 @@ def batch(
     cases = find_scans(input_dir, output_dir, pattern=pattern, recursive=recursive, preview=preview)
     if not cases:
         raise MedsegError(f"{input_dir}: no scans found (patterns {pattern}; DICOM series folders)")
-    _check_writable(output_dir / "summary.csv")
+    ensure_writable(output_dir / "summary.csv")
     dev = resolve_device(device)
     if dev.type == "cuda" and info.world_size > 1:
         import torch
@@ -246,7 +300,7 @@ def batch(
         out.print(table)
         for r in rows:
             if r["status"] == STATUS_FAILED:
-                err.print(f"[red]failed:[/red] {r['error']}", highlight=False, soft_wrap=True)
+                err.print(f"[red]failed:[/red] {escape(str(r['error']))}", highlight=False, soft_wrap=True)
         err.print(f"summary: {output_dir / 'summary.csv'}", highlight=False)
     if any_failed:
         raise typer.Exit(1)
@@ -259,6 +313,7 @@ def info(
     series: Optional[str] = typer.Option(None, help="SeriesInstanceUID, when the folder holds several series."),
 ) -> None:
     """Print a scan's geometry (shape, spacing, orientation, affine) and value range."""
+    from .intensity import intensity_summary
     from .io import load_scan
 
     scan = load_scan(input, series_uid=series)
@@ -266,7 +321,7 @@ def info(
     out.print(f"modality:  {scan.modality or 'unknown'}" + (f"  series {scan.series_uid}" if scan.series_uid else ""))
     out.print(f"shape:     {scan.shape}  dtype {scan.array.dtype}")
     out.print(f"spacing:   {tuple(round(float(s), 4) for s in scan.spacing)} mm  orientation {''.join(scan.axcodes)}")
-    out.print(f"values:    {scan.array.min()} .. {scan.array.max()}")
+    out.print(f"values:    {intensity_summary(scan.array, scan.modality).describe()}")
     out.print("affine (RAS):")
     for row in scan.affine:
         out.print("  " + "  ".join(f"{v:10.4f}" for v in row))
@@ -282,7 +337,7 @@ def check_dataset(
 
     idx = run_check(dataset)
     for problem in idx.problems:
-        err.print(f"[red]problem:[/red] {problem}", highlight=False, soft_wrap=True)
+        err.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     labels = ", ".join(f"{v}={k}" for k, v in sorted(idx.labels.items(), key=lambda kv: kv[1]))
     summary = f"{dataset}: {len(idx.cases)} case(s), modality {idx.modality or 'unknown'}, labels {labels or 'none'}"
     if idx.problems:
@@ -373,12 +428,16 @@ def train(
 def phantom(
     output: Path = typer.Argument(..., help="Dataset folder to write (imagesTr/, labelsTr/, dataset.json)."),
     seeds: str = typer.Option("100-123", help="Seeds: a range '100-123' or a list '1,2,5'."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUTPUT."),
 ) -> None:
     """Generate a training set of synthetic abdominal CT phantoms with ground-truth labels."""
     from .phantom import make_dataset
+    from .safety import ensure_writable
 
-    make_dataset(output, _parse_seeds(seeds))
-    err.print(f"wrote {len(_parse_seeds(seeds))} phantom cases to {output}")
+    chosen = _parse_seeds(seeds)
+    ensure_writable(output, folder=True)
+    make_dataset(output, chosen, overwrite=overwrite)
+    err.print(f"wrote {len(chosen)} phantom cases to {output}")
 
 
 @app.command("sample-data")
@@ -426,12 +485,12 @@ def evaluate(
         raise MedsegError("give PRED_DIR REF_DIR, or --model BUNDLE --dataset DIR")
     elif output is None:
         raise MedsegError("--model: give -o/--output, the folder for evaluation.csv and evaluation.json")
-    from rich.markup import escape
-
     from .evaluation import CSV_NAME, evaluate_folders, evaluate_model
 
+    from .safety import ensure_writable
+
     out_dir = output if output is not None else pred_dir
-    _check_writable(out_dir / CSV_NAME)
+    ensure_writable(out_dir / CSV_NAME)
     with _progress() as bar:
         task = bar.add_task("evaluating", total=None)
 
@@ -472,14 +531,38 @@ def evaluate(
         raise typer.Exit(1)
 
 
+MAX_SEEDS = 10_000
+
+
 def _parse_seeds(text: str) -> list[int]:
-    try:
-        if "-" in text:
-            a, b = text.split("-", 1)
-            return list(range(int(a), int(b) + 1))
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise MedsegError(f"--seeds {text!r}: expected a range like 100-123 or a list like 1,2,5") from None
+    """Seeds from ``'100-123'`` (inclusive) or ``'1,2,5'``: distinct, non-negative, at most MAX_SEEDS."""
+    import re
+
+    usage = f"--seeds {text!r}: expected a range like 100-123 or a list like 1,2,5"
+    text = text.strip()
+    span = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
+    if span:
+        lo, hi = int(span[1]), int(span[2])
+        if lo > hi:
+            raise MedsegError(f"--seeds {text!r}: the range runs backwards ({lo} > {hi}); write {hi}-{lo}")
+        if hi - lo + 1 > MAX_SEEDS:
+            raise MedsegError(f"--seeds {text!r}: {hi - lo + 1} seeds; at most {MAX_SEEDS} at a time")
+        seeds = list(range(lo, hi + 1))
+    else:
+        try:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise MedsegError(usage) from None
+    if not seeds:
+        raise MedsegError(f"{usage} (no seed given)")
+    if min(seeds) < 0:
+        raise MedsegError(f"--seeds {text!r}: seeds must be 0 or more")
+    dups = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
+    if dups:
+        raise MedsegError(f"--seeds {text!r}: seed {dups[0]} is given twice")
+    if len(seeds) > MAX_SEEDS:
+        raise MedsegError(f"--seeds {text!r}: {len(seeds)} seeds; at most {MAX_SEEDS} at a time")
+    return seeds
 
 
 def main() -> None:

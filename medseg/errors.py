@@ -7,3 +7,10 @@ class MedsegError(Exception):
     The message is one line that names the file and what is wrong; the CLI prints it
     without a traceback and exits non-zero.
     """
+
+
+class MedsegWarning(UserWarning):
+    """A doubt about the user's input that does not stop the work (one line, naming the file).
+
+    The CLI prints it as ``warning: ...`` on stderr; the napari widget shows it in its status.
+    """

@@ -138,6 +138,29 @@ class Evaluation:
 # ---------------------------------------------------------------------------------------------- one pair
 
 
+def checked_label_map(array: np.ndarray, source, labels: dict[str, int] | None = None) -> np.ndarray:
+    """The one label-map check of ``evaluate`` and ``segment --reference``: whole, non-negative
+    values (``as_label_map``) that are all declared in ``labels`` (name -> value; 0 is always
+    allowed). A scan given as a label map (the CT itself) fails here, naming ``source``."""
+    arr = as_label_map(array, source)
+    if labels is None or arr.size == 0:
+        return arr
+    known = {int(v) for v in labels.values()} | {0}
+    if int(arr.max()) < 1 << 20:
+        flat = arr.ravel()
+        present = np.flatnonzero(np.bincount(flat.astype(np.int64) if flat.dtype == np.uint64 else flat)).tolist()
+    else:  # huge values (not a label map at all): sorting once is cheaper than a huge histogram
+        present = np.unique(arr).tolist()
+    unknown = sorted(set(present) - known)
+    if unknown:
+        declared = ", ".join(f"{v}={k}" for k, v in sorted(labels.items(), key=lambda kv: kv[1]))
+        shown = ", ".join(str(v) for v in unknown[:8]) + (f", ... ({len(unknown)} values)" if len(unknown) > 8 else "")
+        raise MedsegError(
+            f"{source}: label values [{shown}] are not among the labels scored ({declared}); not a label map of this model?"
+        )
+    return arr
+
+
 def evaluate_pair(
     pred: Scan, ref: Scan, labels: dict[str, int] | None, hd95: bool = True, case: str | None = None
 ) -> list[dict]:
@@ -152,19 +175,12 @@ def evaluate_pair(
     why = grid_mismatch(ref, pred)
     if why is not None:
         raise MedsegError(f"{pred.source}: {why} of its reference {ref.source.name}")
-    p = as_label_map(array_on_grid_of(ref, pred), pred.source)
-    r = as_label_map(ref.array, ref.source)
+    p = checked_label_map(array_on_grid_of(ref, pred), pred.source, labels)
+    r = checked_label_map(ref.array, ref.source, labels)
     vml = ref.voxel_volume_ml
     pred_ml, ref_ml = label_volumes_ml(p, vml), label_volumes_ml(r, vml)  # keys: str(value)
     if labels is None:
         labels = {str(v): v for v in sorted({int(k) for k in (*pred_ml, *ref_ml)})}
-    else:
-        known = {int(v) for v in labels.values()} | {0}
-        for scan, volumes in ((pred, pred_ml), (ref, ref_ml)):
-            unknown = sorted({int(k) for k in volumes} - known)
-            if unknown:
-                declared = ", ".join(f"{v}={k}" for k, v in sorted(labels.items(), key=lambda kv: kv[1]))
-                raise MedsegError(f"{scan.source}: label values {unknown} are not among the labels scored ({declared})")
     scores = label_metrics(p, r, labels, spacing=ref.spacing, hd95=hd95)
     name = case if case is not None else _case_key(ref.source)
     rows = []

@@ -39,12 +39,24 @@ Progress = Callable[[int, int], None]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU. Asking for CUDA without one is an error."""
-    if device is None or str(device) == "auto":
+    """``None``/``"auto"``: CUDA when available, else CPU; ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Anything else, or CUDA on a machine without it, is a one-line error.
+    """
+    if device is None or str(device).strip().lower() == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MedsegError("--device cuda: no CUDA device is available on this machine (use cpu or auto)")
+    text = str(device).strip().lower()
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise MedsegError(f"--device {device}: not a device; expected auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MedsegError(f"--device {device}: no CUDA device is available on this machine (use cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MedsegError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -85,10 +97,11 @@ def predict_volume(
             # Each slice of the batch and its neighbours is read, scaled and resampled once,
             # then stacked into 2k+1 channels per slice.
             lo, hi = max(start - context, 0), min(stop + context, depth)
-            x = scale(read_slices(volume, lo, hi).to(device))
+            raw = read_slices(volume, lo, hi).to(device)
+            x = scale(raw)
             x = x.as_tensor() if hasattr(x, "as_tensor") else x
-            if volume.dtype.kind == "f":
-                x = torch.nan_to_num(x)
+            if volume.dtype.kind == "f":  # NaN/inf voxels take the background value (0 after scaling)
+                x = torch.where(torch.isfinite(raw), x, torch.zeros((), dtype=x.dtype, device=x.device))
             x = resize_slices(x[:, None], size_in, "bilinear")[:, 0]
             channels = torch.from_numpy(context_indices(np.arange(start, stop), context, depth) - lo).to(device)
             x = x[channels].contiguous(memory_format=torch.channels_last)
@@ -142,17 +155,33 @@ def segment(
     batch_size: int = 8,
     progress: Progress | None = None,
     uncertainty: np.ndarray | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Label map for ``scan`` on the scan's own grid (same shape and axis order as ``scan.array``).
 
     ``uncertainty`` (optional, one value per axial slice, inferior to superior) receives each
     slice's mean normalised entropy (see :func:`predict_volume`).
+
+    Scans that cannot be segmented (no finite voxel, no contrast, values outside any CT/MR
+    range) raise :class:`MedsegError`; doubts (intensities outside the model's training
+    range, NaN voxels) go to ``on_warning`` one line each, or to :mod:`warnings` as
+    :class:`~medseg.errors.MedsegWarning` when no callback is given.
     """
+    import warnings
+
+    from .errors import MedsegWarning
+    from .intensity import check_scan_intensities
+
     card = bundle.card
     if scan.modality and scan.modality.upper() != card.modality.upper():
         raise MedsegError(
             f"{scan.source}: the model '{card.name}' is for {card.modality} but the scan is {scan.modality}"
         )
+    for message in check_scan_intensities(scan, card):
+        if on_warning is not None:
+            on_warning(message)
+        else:
+            warnings.warn(message, MedsegWarning, stacklevel=2)
     dev = resolve_device(device)
     # channels-last convolutions are ~10 % faster on CPU (oneDNN) and on GPU tensor cores
     model = inference_model(bundle.model.to(dev).eval()).to(memory_format=torch.channels_last)

@@ -206,9 +206,11 @@ class ToModelSpaced(MapTransform):
         size = target_size(view.shape[:2], d["spacing"], self.spacing)
         lo, hi = intensity_range(view, self.preprocessing)
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(view, 2, 0), dtype=np.float32))[:, None]
+        finite = torch.isfinite(x)
         x = intensity_transform(lo, hi)(x)
         x = x.as_tensor() if hasattr(x, "as_tensor") else x
-        x = resize_slices(torch.nan_to_num(x), size, "bilinear")[:, 0]
+        x = torch.where(finite, x, torch.zeros((), dtype=x.dtype))  # NaN/inf: the background value
+        x = resize_slices(x, size, "bilinear")[:, 0]
         y = torch.from_numpy(np.ascontiguousarray(np.moveaxis(lut[lab], 2, 0)))[:, None]
         y = resize_slices(y.float(), size, "nearest")[:, 0].to(torch.uint8)
         d["image"] = x.numpy().astype(np.float16)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -88,8 +88,9 @@ def _segment_job(scan, model_path, device, progress):
     dev = resolve_device(device)
     bundle = load_bundle(None if model_path in (None, "", DEFAULT_MODEL) else model_path, device=dev)
     entropy = np.zeros(display_shape(scan.shape, scan.affine)[0], dtype=np.float32)  # one per axial slice
-    labels = segment(scan, bundle, device=dev, progress=progress, uncertainty=entropy)
-    return labels, entropy, bundle.card.labels, bundle.card.name
+    notes: list[str] = []  # medseg's doubts about the scan (e.g. intensities outside the training range)
+    labels = segment(scan, bundle, device=dev, progress=progress, uncertainty=entropy, on_warning=notes.append)
+    return labels, entropy, bundle.card.labels, bundle.card.name, notes
 
 
 def _fine_tune_job(dataset, run_dir, init, epochs, steps, device, progress):
@@ -283,7 +284,7 @@ class SegmentWidget(QWidget):
         job = thread_worker(_background)(_segment_job, scan, model, self.device_box.currentText(), cancel=self._cancel)
         self._start(job, lambda value: self._show_result(layer, scan, *value), f"segmenting {layer.name}…")
 
-    def _show_result(self, layer: Image, scan, labels, entropy, names, model_name) -> None:
+    def _show_result(self, layer: Image, scan, labels, entropy, names, model_name, notes=()) -> None:
         pred_name, corr_name = f"{layer.name} prediction", f"{layer.name} corrected"
         for name in (pred_name, corr_name):
             if name in self.viewer.layers:
@@ -310,7 +311,10 @@ class SegmentWidget(QWidget):
             self.review.addItem(item)
         present = sorted(set(np.unique(labels).tolist()) - {0})
         found = ", ".join(n for n, v in names.items() if v in present) or "nothing"
-        self.status.setText(f"{model_name}: found {found}. Correct '{corr_name}' with the paint tools.")
+        text = f"{model_name}: found {found}. Correct '{corr_name}' with the paint tools."
+        for note in notes:
+            show_warning(note)
+        self.status.setText("\n".join(["warning: " + n for n in notes] + [text]))
 
     def _jump(self, item: QListWidgetItem) -> None:
         k = int(item.data(256))

@@ -91,5 +91,5 @@ def test_card_validation(tmp_path):
         _card(modality="PET").validate()
     data = json.loads(_card().to_json())
     del data["labels"]
-    with pytest.raises(MedsegError, match="lacks labels"):
+    with pytest.raises(MedsegError, match="field 'labels' is missing"):
         ModelCard.from_dict(data)
