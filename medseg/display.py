@@ -103,7 +103,8 @@ def default_contrast(array: np.ndarray, modality: str | None) -> tuple[float, fl
     if (modality or "").upper() == "CT":
         return window_limits(*CT_WINDOWS["soft tissue"])
     sample = np.asarray(array)[:: max(1, array.shape[0] // 64)]
-    lo, hi = np.percentile(sample[np.isfinite(sample)], [1.0, 99.0]) if sample.size else (0.0, 1.0)
+    sample = sample[np.isfinite(sample)]  # NaN/inf voxels do not set the contrast
+    lo, hi = np.percentile(sample, [1.0, 99.0]) if sample.size else (0.0, 1.0)
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
 

@@ -281,7 +281,10 @@ class SegmentWidget(QWidget):
             return
         scan = layer.metadata[SCAN_KEY]
         self._cancel = threading.Event()
-        job = thread_worker(_background)(_segment_job, scan, model, self.device_box.currentText(), cancel=self._cancel)
+        # ignore_errors: a failure goes to the one error path (errored -> _fail), not also to napari's hook
+        job = thread_worker(_background, ignore_errors=True)(
+            _segment_job, scan, model, self.device_box.currentText(), cancel=self._cancel
+        )
         self._start(job, lambda value: self._show_result(layer, scan, *value), f"segmenting {layer.name}…")
 
     def _show_result(self, layer: Image, scan, labels, entropy, names, model_name, notes=()) -> None:
@@ -391,7 +394,7 @@ class SegmentWidget(QWidget):
 
             init = str(default_bundle_path())
         self._cancel = threading.Event()
-        job = thread_worker(_background)(_fine_tune_job, str(dataset), str(run_dir), init,
+        job = thread_worker(_background, ignore_errors=True)(_fine_tune_job, str(dataset), str(run_dir), init,
                                          int(epochs or self.epochs.value()), steps, self.device_box.currentText(),
                                          cancel=self._cancel)
 

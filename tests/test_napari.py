@@ -223,3 +223,32 @@ def test_sample_data_layers_align():
     assert (kind1, kind2) == ("image", "labels") and img.shape == lab.shape
     np.testing.assert_allclose(img_kw["affine"], lab_kw["affine"])
     assert set(np.unique(lab)) == set(LABELS.values())
+
+
+def test_widget_shows_intensity_doubts_and_refuses_garbage(make_napari_viewer, qtbot, tmp_path):
+    """A CT stored without its rescale intercept is segmented with a warning in the status; a scan
+    with no finite voxel is refused with medseg's one-line message, and no layer is added."""
+    import nibabel as nib
+
+    from medseg.phantom import make_phantom, write_nifti
+
+    ph = make_phantom(11, shape=(48, 48, 10))
+    raw, nan = tmp_path / "raw.nii.gz", tmp_path / "nan.nii.gz"
+    write_nifti(ph, raw)
+    img = nib.load(str(raw))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj).astype(np.int16) + np.int16(1024), img.affine), str(raw))
+    nib.save(nib.Nifti1Image(np.full(ph.image.shape, np.nan, np.float32), img.affine), str(nan))
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    layer = viewer.open(str(raw), plugin="medseg")[0]
+    widget.segment(layer.name)
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert widget.corrected is not None
+    assert widget.status.text().startswith("warning:") and "outside the range" in widget.status.text()
+    layer = viewer.open(str(nan), plugin="medseg")[0]
+    n_layers = len(viewer.layers)
+    widget.segment(layer.name)
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert "no finite voxel values" in widget.status.text() and "nan.nii.gz" in widget.status.text()
+    assert len(viewer.layers) == n_layers
