@@ -459,3 +459,27 @@ def test_cli_process_exit_codes_and_clean_stderr(tmp_path, phantom):
         assert len(flagged) == 1 and flagged[0].startswith(prefix) and expected in flagged[0], r.stderr
         if code:
             assert len(lines) == 1, r.stderr
+
+
+def test_evaluate_leaves_its_inputs_alone(tmp_path):
+    from medseg.phantom import make_dataset
+
+    pred, refs = tmp_path / "pred", tmp_path / "refs"
+    pred.mkdir()
+    refs.mkdir()
+    shutil.copy(SAMPLE_LABELS, pred / "case.nii.gz")
+    shutil.copy(SAMPLE_LABELS, refs / "case.nii.gz")
+    before = hash_tree(pred, refs)
+    code, _, stderr = run("evaluate", pred, refs)  # writes evaluation.csv/json beside the predictions
+    assert code == 0, stderr
+    after = hash_tree(pred, refs)
+    assert {k: v for k, v in after.items() if "evaluation." not in k} == before
+    (tmp_path / "file").write_text("x")
+    code, _, stderr = run("evaluate", pred, refs, "-o", tmp_path / "file")
+    assert code == 1 and "is a file" in one_error_line(stderr)
+    ds = make_dataset(tmp_path / "ds", [3], shape=(32, 32, 6))
+    model = _bundle_copy(tmp_path)
+    before = hash_tree(ds, model)
+    code, _, stderr = run("evaluate", "--model", model, "--dataset", ds, "-o", tmp_path / "ev", "--no-hd95")
+    assert code == 0, stderr
+    assert hash_tree(ds, model) == before
