@@ -141,9 +141,9 @@ def segment(
 
     # everything about the output is checked before any work: never over an input, writable
     _check_mask_name(output)
-    refuse_overwriting_inputs(
-        output, [("scan", input), ("reference", reference), ("model", model if model is not None else default_bundle_path())]
-    )
+    refuse_overwriting_inputs(output, [("scan", input), ("reference", reference)])
+    # a mask beside a bundle's files is harmless; over one of them it is not
+    refuse_overwriting_inputs(output, [("model", model if model is not None else default_bundle_path())], into_folders=False)
     ensure_writable(output)
     dev = resolve_device(device)
     scan = load_scan(input, series_uid=series, modality=modality)
@@ -232,12 +232,11 @@ def batch(
         shard,
         write_summary,
     )
-    from .bundle import default_bundle_path, load_bundle
+    from .bundle import load_bundle
     from .inference import resolve_device
-    from .safety import ensure_writable, refuse_overwriting_inputs
+    from .safety import ensure_writable
     from .training import dist_info
 
-    refuse_overwriting_inputs(output_dir, [("model", model if model is not None else default_bundle_path())])
     ensure_writable(output_dir, folder=True)
     info = dist_info()
     dist = None

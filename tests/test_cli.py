@@ -96,7 +96,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, request):
 
 def test_output_errors(tmp_path):
     r = medseg("segment", SAMPLE_NIFTI, "-o", SAMPLE_NIFTI)
-    assert r.returncode == 1 and "refusing to write into the input" in r.stderr
+    assert r.returncode == 1 and "refusing to write over the scan" in r.stderr
     r = medseg("segment", SAMPLE_NIFTI, "-o", tmp_path / "mask.png")
     assert r.returncode == 1 and ".nii.gz" in r.stderr
     r = medseg("segment", SAMPLE_NIFTI, "-o", tmp_path / "m.nii.gz", "--model", tmp_path)

@@ -362,14 +362,17 @@ def inputs(tmp_path):
         ("scan", "scan"),
         ("reference", "scan"),
         ("dicom/mask.nii.gz", "dicom"),
-        ("bundle/mask.nii.gz", "scan"),
         ("link.nii.gz", "scan"),  # a symbolic link to the reference
+        ("hardlink.nii.gz", "scan"),  # a hard link to the reference
     ],
 )
 def test_segment_never_writes_over_its_inputs(tmp_path, inputs, output, source):
     if output == "link.nii.gz":
         (tmp_path / "link.nii.gz").symlink_to(inputs["reference"])
         out = tmp_path / "link.nii.gz"
+    elif output == "hardlink.nii.gz":
+        out = tmp_path / "hardlink.nii.gz"
+        out.hardlink_to(inputs["reference"])
     else:
         out = inputs[output] if output in inputs else tmp_path / output
     before = hash_tree(*inputs.values())
