@@ -13,10 +13,14 @@ disjoint, deterministic share of the sorted cases; rank 0 merges the per-rank su
 from __future__ import annotations
 
 import csv
+import errno
 import fnmatch
+import glob
 import io
 import json
 import math
+import os
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +38,7 @@ from .io import (
     looks_like_dicom,
     save_mask,
 )
+from .safety import ensure_writable
 
 SUMMARY = "summary"
 STATUS_DONE, STATUS_SKIPPED, STATUS_FAILED = "done", "skipped", "failed"
@@ -45,6 +50,9 @@ class BatchCase:
     input: Path
     output: Path
     preview: Path | None = None
+    # set by find_scans / check_outputs: the case is not segmented, run_batch turns it into a row
+    error: str | None = None  # -> "failed" (e.g. two inputs would write the same mask)
+    skip_reason: str | None = None  # -> "skipped" (e.g. a dangling symbolic link)
 
 
 @dataclass
@@ -75,6 +83,10 @@ def _stem(name: str) -> str:
     return name
 
 
+def _real(path: Path) -> Path:
+    return Path(os.path.abspath(os.path.realpath(path)))
+
+
 def find_scans(
     input_dir: str | Path, output_dir: str | Path, pattern: str = "*.nii.gz,*.nii", recursive: bool = False,
     preview: bool = False,
@@ -83,43 +95,176 @@ def find_scans(
     folders (sub-folders holding DICOM files), each with its output path under ``output_dir``.
 
     ``a/b.nii.gz`` -> ``OUT/a/b.nii.gz``; a DICOM folder ``a/series1/`` -> ``OUT/a/series1.nii.gz``.
-    Hidden files and the output folder itself are skipped.
+    Hidden files and the output folder itself are skipped. Symbolic links are followed after
+    every real entry, and each real folder and scan is taken once (a link to something already
+    seen, such as a loop ``a/loop -> a``, is passed over); a dangling link becomes a "skipped"
+    case with its reason. Cases that cannot be segmented safely come back with ``error`` set
+    (``run_batch`` reports them as "failed" and segments the rest): two inputs whose masks would
+    have the same name, or a mask that would be written over an input.
     """
     root = Path(input_dir)
     out = Path(output_dir)
     if not root.is_dir():
         raise MedsegError(f"{root}: not a folder")
     patterns = [p.strip() for p in pattern.split(",") if p.strip()]
-    out_resolved = out.resolve()
-    if out_resolved == root.resolve():
+    out_resolved = _real(out)
+    root_resolved = _real(root)
+    if out_resolved == root_resolved:
         raise MedsegError(f"{out}: the output folder is the input folder; masks would replace the scans")
+    root_in_out = out_resolved in root_resolved.parents
     cases: list[BatchCase] = []
+    seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of folders listed, series and scans taken
+    links: list[Path] = []  # symbolic links, followed once every real entry is known
+
+    def matches(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+    def dest(rel: Path, is_dir: bool) -> tuple[Path, Path | None]:
+        stem = rel.name if is_dir else _stem(rel.name)
+        return out / rel.parent / f"{stem}.nii.gz", (out / rel.parent / f"{stem}.png") if preview else None
 
     def add(path: Path, rel: Path, is_dir: bool) -> None:
-        stem = rel.name if is_dir else _stem(rel.name)
-        dest = out / rel.parent / f"{stem}.nii.gz"
-        cases.append(BatchCase(rel.as_posix(), path, dest, (out / rel.parent / f"{stem}.png") if preview else None))
+        cases.append(BatchCase(rel.as_posix(), path, *dest(rel, is_dir)))
 
-    def walk(folder: Path) -> None:
-        for child in sorted(folder.iterdir()):
-            if child.name.startswith((".", "_")) or child.resolve() == out_resolved:
+    def skip(path: Path, reason: str) -> None:
+        rel = path.relative_to(root)
+        cases.append(BatchCase(rel.as_posix(), path, Path(""), None, skip_reason=f"{path}: {reason}"))
+
+    def in_output(real: Path) -> bool:  # a folder of (earlier) outputs, never scanned
+        inside = real == out_resolved or out_resolved in real.parents
+        return inside and not (root_in_out and (real == root_resolved or root_resolved in real.parents))
+
+    def listing(folder: Path, via_link: bool) -> None:
+        try:
+            children = sorted(folder.iterdir())
+        except OSError as exc:
+            if folder == root:
+                raise MedsegError(f"{root}: cannot read the folder ({exc.strerror or exc})") from None
+            skip(folder, f"cannot read the folder ({exc.strerror or exc})")
+            return
+        for child in children:
+            if child.name.startswith((".", "_")):
                 continue
-            rel = child.relative_to(root)
-            if child.is_dir():
-                if _is_dicom_folder(child):
-                    add(child, rel, True)
-                elif recursive:
-                    walk(child)
-            elif child.is_file() and any(fnmatch.fnmatch(child.name, p) for p in patterns):
-                add(child, rel, False)
+            if child.is_symlink():
+                links.append(child)
+            else:
+                consider(child, via_link)  # inside a linked folder, everything is reached through a link
 
-    walk(root)
-    seen: dict[Path, str] = {}
-    for c in cases:
-        if c.output in seen:
-            raise MedsegError(f"{c.input}: its mask {c.output} would also be written for {seen[c.output]}; rename one")
-        seen[c.output] = c.name
+    def consider(child: Path, via_link: bool) -> None:
+        try:
+            st = child.stat()
+        except OSError as exc:
+            if not child.is_symlink():  # vanished meanwhile
+                return
+            if matches(child.name) or not Path(child.name).suffix:  # a scan or (perhaps) a series folder
+                try:
+                    target = os.readlink(child)
+                except OSError:
+                    target = "?"
+                what = "symbolic link loop" if exc.errno == errno.ELOOP else "dangling symbolic link"
+                skip(child, f"{what} -> {target}")
+            return
+        key = (st.st_dev, st.st_ino)
+        rel = child.relative_to(root)
+        if stat.S_ISDIR(st.st_mode):
+            if key in seen or in_output(_real(child)):
+                return
+            try:
+                is_series = _is_dicom_folder(child)
+            except OSError as exc:
+                seen.add(key)
+                skip(child, f"cannot read the folder ({exc.strerror or exc})")
+                return
+            if is_series:
+                seen.add(key)
+                add(child, rel, True)
+            elif recursive:
+                seen.add(key)
+                listing(child, via_link)
+        elif stat.S_ISREG(st.st_mode) and matches(child.name):
+            if via_link and key in seen:  # a second name for a scan already taken (real hard links both count)
+                return
+            seen.add(key)
+            add(child, rel, False)
+
+    st = root.stat()
+    seen.add((st.st_dev, st.st_ino))
+    listing(root, False)
+    for link in links:  # links met inside linked folders join the queue as it is walked
+        consider(link, True)
+    cases.sort(key=lambda c: c.name)
+    _mark_collisions(cases)
+    _mark_outputs_over_inputs(cases)
     return cases
+
+
+def _active(case: BatchCase) -> bool:
+    return case.error is None and case.skip_reason is None
+
+
+def _mark_collisions(cases: list[BatchCase]) -> None:
+    """Every case whose mask name another case also maps to fails (all of them, none segmented)."""
+    by_output: dict[str, list[BatchCase]] = {}
+    for c in cases:
+        if _active(c):
+            by_output.setdefault(os.path.normcase(os.path.abspath(c.output)), []).append(c)
+    for group in by_output.values():
+        if len(group) < 2:
+            continue
+        for c in group:
+            others = ", ".join(str(o.input) for o in group if o is not c)
+            c.error = (f"{c.input}: its mask {c.output} would also be written for {others}; "
+                       "rename one of them (not segmented)")
+
+
+def _mark_outputs_over_inputs(cases: list[BatchCase]) -> None:
+    """A case whose mask or preview would land on an input scan (or inside an input DICOM folder) fails."""
+    files: dict[Path, BatchCase] = {}
+    folders: dict[Path, BatchCase] = {}
+    for c in cases:
+        if c.skip_reason is None:
+            real = _real(c.input)
+            (folders if real.is_dir() else files)[real] = c
+    for c in cases:
+        if not _active(c):
+            continue
+        for target in (c.output, c.preview):
+            if target is None:
+                continue
+            real = _real(target)
+            hit = files.get(real) or folders.get(real)
+            if hit is not None:
+                c.error = f"{target}: refusing to write over the input {hit.input}; choose another output folder"
+                break
+            inside = next((folders[p] for p in real.parents if p in folders), None)
+            if inside is not None:
+                c.error = f"{target}: refusing to write into the input DICOM folder {inside.input}; choose another output folder"
+                break
+
+
+def check_outputs(cases: list[BatchCase], output_dir: str | Path) -> list[BatchCase]:
+    """Before any work: raise :class:`MedsegError` when ``output_dir`` cannot be written (probed,
+    so ``/proc`` and read-only mounts are caught), and mark every case whose mask or preview would
+    be written over an input as failed. Returns ``cases``.
+    """
+    out = Path(output_dir)
+    ensure_writable(out, folder=True)
+    for name in (f"{SUMMARY}.csv", f"{SUMMARY}.json"):
+        ensure_writable(out / name)
+    _mark_outputs_over_inputs(cases)
+    return cases
+
+
+def _ensure_output_folders(cases: list[BatchCase]) -> None:
+    """Probe once per distinct folder that will receive masks/previews (raises MedsegError)."""
+    done: set[Path] = set()
+    for c in cases:
+        if not _active(c):
+            continue
+        for target in (c.output, c.preview):
+            if target is not None and target.parent not in done:
+                done.add(target.parent)
+                ensure_writable(target.parent, folder=True)
 
 
 def shard(cases: list[BatchCase], rank: int, world_size: int) -> list[BatchCase]:
@@ -143,7 +288,13 @@ def existing_mask(path: Path):
 
 def _failure(path: Path, exc: BaseException) -> str:
     """One line for a case that failed: medseg's own message, or the file and the first line of the error."""
-    return str(exc) if isinstance(exc, MedsegError) else f"{path}: {type(exc).__name__}: {_reason(exc)}"
+    return _one_line(path, str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {_reason(exc)}")
+
+
+def _one_line(path: Path, message: str) -> str:
+    """``message`` on one line, starting with ``path`` unless it already names the file."""
+    text = " ".join(ln.strip() for ln in message.splitlines() if ln.strip()) or "unknown error"
+    return text if str(path) in text else f"{path}: {text}"
 
 
 def _load(case: BatchCase, modality: str | None):
@@ -152,6 +303,29 @@ def _load(case: BatchCase, modality: str | None):
         return load_scan(case.input, modality=modality), None, time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001 - isolated: reported, batch goes on
         return None, _failure(case.input, exc), time.perf_counter() - t0
+
+
+def _remove_stale(case: BatchCase) -> None:
+    """Temporary files a killed run left beside the case's outputs (never under a final name)."""
+    for target in (case.output, case.preview):
+        if target is None:
+            continue
+        try:
+            if target.parent.is_dir():
+                for stale in target.parent.glob(f".{glob.escape(target.name)}.*.partial*"):
+                    stale.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _finished(case: BatchCase, overwrite: bool):
+    """The mask of a case an earlier run completed (all of its outputs present), or None."""
+    if overwrite or (case.preview is not None and not case.preview.is_file()):
+        return None
+    try:
+        return existing_mask(case.output)
+    except Exception:  # noqa: BLE001 - anything odd about the old mask: redo the case
+        return None
 
 
 def run_batch(
@@ -165,60 +339,112 @@ def run_batch(
     on_case_start: Callable[[BatchCase, int, int], None] | None = None,
     on_slices: Callable[[int, int], None] | None = None,
     on_case_done: Callable[[dict], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> BatchResult:
-    """Segment ``cases`` with ``bundle``; the next scan is read in a background thread meanwhile."""
+    """Segment ``cases`` with ``bundle``; the next scan is read in a background thread meanwhile.
+
+    medseg's doubts about a scan (intensities outside the model's training range, NaN voxels)
+    go into the row's ``warning`` column and to ``on_warning``.
+
+    Before any work, every folder that will receive outputs is probed for writing (one
+    :class:`MedsegError` if one cannot be written) and cases whose outputs would land on an input
+    are failed. A case is done only when all of its outputs exist: the preview is written first,
+    the mask (the marker a later run resumes from) last, and a case that fails midway has the
+    outputs of this attempt removed, so the next run redoes it.
+    """
     from .inference import resolve_device, segment
     from .metrics import label_volumes_ml
 
+    _ensure_output_folders(cases)
+    _mark_outputs_over_inputs(cases)
     dev = resolve_device(device)
     names = bundle.card.labels
     todo: list[BatchCase] = []
     result = BatchResult()
+
+    def report(row: dict) -> None:
+        result.rows.append(row)
+        if on_case_done:
+            on_case_done(row)
+
     for case in cases:
-        for target in (case.output, case.preview):  # leftovers of a killed run (never under a final name)
-            if target is not None and target.parent.is_dir():
-                for stale in target.parent.glob(f".{target.name}.*.partial*"):
-                    stale.unlink(missing_ok=True)
-        existing = None if overwrite or (case.preview is not None and not case.preview.is_file()) else existing_mask(case.output)
+        if case.skip_reason is not None or case.error is not None:
+            status = STATUS_SKIPPED if case.error is None else STATUS_FAILED
+            row = _row(case, status, 0.0, names)
+            row["error"] = _one_line(case.input, case.error or case.skip_reason)
+            report(row)
+            continue
+        _remove_stale(case)
+        existing = _finished(case, overwrite)
         if existing is not None:
             row = _row(case, STATUS_SKIPPED, 0.0, names)
             row.update(_volumes(label_volumes_ml(existing.array, existing.voxel_volume_ml, names), names))
-            result.rows.append(row)
-            if on_case_done:
-                on_case_done(row)
+            report(row)
         else:
             todo.append(case)
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_load, todo[0], modality) if todo else None
+
+        def prefetch(i: int):
+            if i >= len(todo):
+                return None
+            try:
+                return pool.submit(_load, todo[i], modality)
+            except Exception:  # noqa: BLE001 - no thread to spare: read it when its turn comes
+                return None
+
+        pending = prefetch(0)
         for n, case in enumerate(todo):
-            scan, error, load_s = pending.result()
-            pending = pool.submit(_load, todo[n + 1], modality) if n + 1 < len(todo) else None
-            if on_case_start:
-                on_case_start(case, n, len(todo))
+            t0 = time.perf_counter()
+            try:
+                scan, error, load_s = pending.result() if pending is not None else _load(case, modality)
+            except Exception as exc:  # noqa: BLE001 - isolated: reported, batch goes on
+                scan, error, load_s = None, _failure(case.input, exc), time.perf_counter() - t0
+            pending = prefetch(n + 1)
             t0 = time.perf_counter()
             row = _row(case, STATUS_FAILED, 0.0, names)
+            written: list[Path] = []
             if error is None:
                 try:
-                    labels = segment(scan, bundle, device=dev, batch_size=batch_size, progress=on_slices)
-                    save_mask(labels, scan, case.output)
+                    if on_case_start:
+                        on_case_start(case, n, len(todo))
+                    notes: list[str] = []
+                    labels = segment(scan, bundle, device=dev, batch_size=batch_size, progress=on_slices,
+                                     on_warning=notes.append)
+                    row["warning"] = " / ".join(notes)
+                    for note in notes:
+                        if on_warning:
+                            on_warning(note)
+                    volumes = _volumes(label_volumes_ml(labels, scan.voxel_volume_ml, names), names)
                     if case.preview is not None:
                         write_preview(scan, labels, case.preview, names)
-                    row.update(_volumes(label_volumes_ml(labels, scan.voxel_volume_ml, names), names))
+                        written.append(case.preview)
+                    save_mask(labels, scan, case.output)  # last: a mask on disk means the case is complete
+                    written.append(case.output)
+                    row.update(volumes)
                     row["status"] = STATUS_DONE
                 except Exception as exc:  # noqa: BLE001 - isolated: reported, batch goes on
                     error = _failure(case.input, exc)
+                    for path in written:  # outputs of this attempt: the case is redone by the next run
+                        try:
+                            path.unlink(missing_ok=True)
+                        except OSError:
+                            pass
+            elif on_case_start:
+                try:
+                    on_case_start(case, n, len(todo))
+                except Exception:  # noqa: BLE001 - progress display only; the case is reported as failed below
+                    pass
             row["error"] = error or ""
             row["seconds"] = round(time.perf_counter() - t0 + load_s, 3)
-            result.rows.append(row)
-            if on_case_done:
-                on_case_done(row)
+            report(row)
     result.rows.sort(key=lambda r: r["case"])
     return result
 
 
 def _row(case: BatchCase, status: str, seconds: float, names: dict[str, int]) -> dict:
-    row = {"case": case.name, "input": str(case.input), "output": str(case.output), "status": status,
-           "seconds": seconds, "error": ""}
+    output = "" if case.skip_reason is not None else str(case.output)
+    row = {"case": case.name, "input": str(case.input), "output": output, "status": status,
+           "seconds": seconds, "error": "", "warning": ""}
     row.update({f"{name}_ml": math.nan for name, v in sorted(names.items(), key=lambda kv: kv[1]) if v})
     return row
 

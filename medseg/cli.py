@@ -226,6 +226,7 @@ def batch(
         STATUS_DONE,
         STATUS_FAILED,
         STATUS_SKIPPED,
+        check_outputs,
         find_scans,
         merge_summaries,
         run_batch,
@@ -247,7 +248,7 @@ def batch(
     cases = find_scans(input_dir, output_dir, pattern=pattern, recursive=recursive, preview=preview)
     if not cases:
         raise MedsegError(f"{input_dir}: no scans found (patterns {pattern}; DICOM series folders)")
-    ensure_writable(output_dir / "summary.csv")
+    check_outputs(cases, output_dir)  # writable, never over an input: before the model is even loaded
     dev = resolve_device(device)
     if dev.type == "cuda" and info.world_size > 1:
         import torch
@@ -274,7 +275,7 @@ def batch(
             bar.advance(overall)
 
         result = run_batch(mine, bundle, device=dev, overwrite=overwrite, modality=modality, batch_size=batch_size,
-                           on_case_start=start, on_slices=step, on_case_done=done)
+                           on_case_start=start, on_slices=step, on_case_done=done, on_warning=_warn)
     seconds = time.perf_counter() - t0
     if dist is not None:
         write_summary(result.rows, output_dir, name=f"summary.rank{info.rank}")
@@ -300,6 +301,8 @@ def batch(
         for r in rows:
             if r["status"] == STATUS_FAILED:
                 err.print(f"[red]failed:[/red] {escape(str(r['error']))}", highlight=False, soft_wrap=True)
+            elif r["status"] == STATUS_SKIPPED and r.get("error"):
+                err.print(f"[yellow]skipped:[/yellow] {escape(str(r['error']))}", highlight=False, soft_wrap=True)
         err.print(f"summary: {output_dir / 'summary.csv'}", highlight=False)
     if any_failed:
         raise typer.Exit(1)

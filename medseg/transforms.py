@@ -179,6 +179,7 @@ class ToModelSpaced(MapTransform):
     model's spacing (bilinear), ``label`` values become class indices (``label_values[c]`` ->
     ``c``) resampled with nearest neighbour. Output arrays are (Z, X', Y'): float16 image,
     uint8 classes, and ``foreground``, the indices of slices that hold any foreground.
+    ``intensity_range`` is the image's raw 1-99 % range, which training records in the card.
     """
 
     def __init__(self, preprocessing: dict[str, Any], spacing, label_values: list[int]) -> None:
@@ -204,6 +205,10 @@ class ToModelSpaced(MapTransform):
         for c, v in enumerate(self.label_values):
             lut[v] = c
         size = target_size(view.shape[:2], d["spacing"], self.spacing)
+        from .intensity import intensity_summary
+
+        stats = intensity_summary(view, "CT" if self.preprocessing.get("kind") == "ct_window" else None)
+        d["intensity_range"] = (stats.low, stats.high)  # raw 1-99 %, recorded in the model card
         lo, hi = intensity_range(view, self.preprocessing)
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(view, 2, 0), dtype=np.float32))[:, None]
         finite = torch.isfinite(x)

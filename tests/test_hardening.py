@@ -486,3 +486,19 @@ def test_evaluate_leaves_its_inputs_alone(tmp_path):
     code, _, stderr = run("evaluate", "--model", model, "--dataset", ds, "-o", tmp_path / "ev", "--no-hd95")
     assert code == 0, stderr
     assert hash_tree(ds, model) == before
+
+
+def test_batch_records_doubts_per_case(tmp_path, phantom):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_nifti(phantom, src / "ok.nii.gz")
+    img = nib.load(str(src / "ok.nii.gz"))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj).astype(np.int16) + np.int16(1024), img.affine), str(src / "raw.nii.gz"))
+    before = hash_tree(src)
+    code, _, stderr = run("batch", src, tmp_path / "out")
+    assert code == 0, stderr
+    rows = {r["case"]: r for r in json.loads((tmp_path / "out" / "summary.json").read_text())["cases"]}
+    assert rows["ok.nii.gz"]["warning"] == "" and rows["ok.nii.gz"]["status"] == "done"
+    assert "outside the range" in rows["raw.nii.gz"]["warning"] and rows["raw.nii.gz"]["status"] == "done"
+    assert [ln for ln in stderr.splitlines() if ln.startswith("warning:")] == [f"warning: {rows['raw.nii.gz']['warning']}"]
+    assert hash_tree(src) == before
