@@ -60,16 +60,138 @@ def _visible(folder: Path) -> list[Path]:
     return [p for p in sorted(folder.iterdir()) if not p.name.startswith((".", "_"))]
 
 
-def read_labels(dataset_json: dict) -> dict[str, int]:
-    """``name -> value`` from either dataset.json convention."""
-    raw = dataset_json.get("labels") or {}
+_INT = re.compile(r"^-?\d+$")
+_MAX_LABEL = 65535
+
+
+def _label_value(value, where: str, field_name: str) -> int:
+    """A label value of dataset.json: a non-negative integer (or a string of digits)."""
+    if isinstance(value, (list, tuple)):
+        raise MedsegError(
+            f"{where}: field '{field_name}': region-based labels (a list of values, as in nnU-Net's region-based "
+            f"training) are not supported; give each label a single integer value, got {value!r}"
+        )
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and _INT.match(value.strip()))):
+        raise MedsegError(f"{where}: field '{field_name}': expected a non-negative integer label value, got {value!r}")
+    number = int(value)
+    if not 0 <= number <= _MAX_LABEL:
+        raise MedsegError(f"{where}: field '{field_name}': expected a non-negative integer label value "
+                          f"(0..{_MAX_LABEL}), got {value!r}")
+    return number
+
+
+def read_labels(dataset_json: dict, where: str | Path = "dataset.json") -> dict[str, int]:
+    """``name -> value`` from either dataset.json convention; ``{}`` when none are declared.
+
+    nnU-Net v2 maps names to values (``"liver": 1``), MSD values to names (``"1": "liver"``).
+    Anything else (a value that is not a non-negative integer, nnU-Net region lists such as
+    ``"liver": [1, 2]``, two labels sharing a value, a name given twice) is a one-line
+    :class:`MedsegError` naming ``where`` (the dataset.json) and the field.
+    """
+    if not isinstance(dataset_json, dict):
+        raise MedsegError(f"{where}: expected a JSON object, found {type(dataset_json).__name__}")
+    raw = dataset_json.get("labels")
+    if raw is None or raw == {}:
+        return {}
+    if not isinstance(raw, dict):
+        raise MedsegError(f"{where}: field 'labels': expected an object of label name -> integer value, got {_short(raw)}")
+    msd = all(_INT.match(str(k).strip()) for k in raw) and all(
+        isinstance(v, str) and not _INT.match(v.strip()) for v in raw.values()
+    )
     out: dict[str, int] = {}
-    for k, v in raw.items():
-        if str(k).lstrip("-").isdigit() and not str(v).lstrip("-").isdigit():  # MSD: "1": "liver"
-            out[str(v)] = int(k)
-        else:  # nnU-Net v2: "liver": 1
-            out[str(k)] = int(v)
+    if msd:  # MSD: "1": "liver"
+        for k, v in raw.items():
+            value = _label_value(k, where, f"labels.{k}")
+            name = v
+            if not name.strip():
+                raise MedsegError(f"{where}: field 'labels.{k}': expected a label name, got {v!r}")
+            if name in out:
+                raise MedsegError(f"{where}: field 'labels': duplicate label name {name!r} (values {out[name]} and "
+                                  f"{value}); each label needs its own name")
+            out[name] = value
+    else:  # nnU-Net v2: "liver": 1
+        for k, v in raw.items():
+            name = str(k)
+            if not name.strip():
+                raise MedsegError(f"{where}: field 'labels': a label has an empty name")
+            out[name] = _label_value(v, where, f"labels.{k}")
+    by_value: dict[int, list[str]] = {}
+    for name, value in out.items():
+        by_value.setdefault(value, []).append(name)
+    for value, names in by_value.items():
+        if len(names) > 1:
+            raise MedsegError(f"{where}: field 'labels': duplicate label value {value} (labels "
+                              f"{', '.join(repr(n) for n in names)}); each label needs its own value")
     return out
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def dataset_json_problems(meta: dict, where: str | Path = "dataset.json") -> list[str]:
+    """Every field of a dataset.json that medseg reads and that has the wrong shape, one line each.
+
+    Checked: ``labels`` (see :func:`read_labels`), ``channel_names`` / ``modality`` (objects of
+    channel -> modality name), ``training`` (a list of ``{"image": ..., "label": ...}``) and
+    ``validation`` (a list of case names or such pairs).
+    """
+    if not isinstance(meta, dict):
+        return [f"{where}: expected a JSON object, found {type(meta).__name__}"]
+    problems = []
+    try:
+        read_labels(meta, where)
+    except MedsegError as exc:
+        problems.append(str(exc))
+    for key in ("channel_names", "modality"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{where}: field '{key}': expected an object of channel -> modality name "
+                            f"(e.g. {{\"0\": \"CT\"}}), got {_short(value)}")
+            continue
+        for ch, name in value.items():
+            if not isinstance(name, str) or not name.strip():
+                problems.append(f"{where}: field '{key}.{ch}': expected a modality name such as \"CT\", got {_short(name)}")
+                break
+    for key in ("training", "validation"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            problems.append(f"{where}: field '{key}': expected a list of {{\"image\": ..., \"label\": ...}} entries, "
+                            f"got {_short(value)}")
+            continue
+        for i, entry in enumerate(value):
+            if key == "validation" and isinstance(entry, str) and entry.strip():
+                continue
+            if not isinstance(entry, dict):
+                problems.append(f"{where}: field '{key}.{i}': expected {{\"image\": ..., \"label\": ...}}, "
+                                f"got {_short(entry)}")
+                continue
+            need = ("image", "label") if key == "training" else ()
+            bad = next((k for k in need if not isinstance(entry.get(k), str) or not entry.get(k).strip()), None)
+            if bad is None and key == "validation":
+                ref = entry.get("label", entry.get("image"))
+                bad = None if isinstance(ref, str) and ref.strip() else "label"
+            if bad is not None and bad not in entry:
+                problems.append(f"{where}: field '{key}.{i}.{bad}' is missing")
+            elif bad is not None:
+                problems.append(f"{where}: field '{key}.{i}.{bad}': expected a file path, got {_short(entry[bad])}")
+    return problems
+
+
+def read_dataset_json(path: str | Path) -> dict:
+    """A dataset.json read and checked (:func:`dataset_json_problems`); the first problem is raised."""
+    from .schema import read_json_object
+
+    meta = read_json_object(path, "dataset.json")
+    problems = dataset_json_problems(meta, path)
+    if problems:
+        raise MedsegError(problems[0])
+    return meta
 
 
 def read_modality(dataset_json: dict) -> str | None:
@@ -92,24 +214,33 @@ def index_dataset(root: str | Path) -> DatasetIndex:
         idx.problems.append(f"{root}: not a folder")
         return idx
     meta_path = root / "dataset.json"
-    if meta_path.is_file():
+    if meta_path.exists():
+        from .schema import read_json_object
+
         try:
-            idx.meta = json.loads(meta_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            idx.problems.append(f"{meta_path}: unreadable ({exc})")
-    idx.labels = read_labels(idx.meta) if isinstance(idx.meta, dict) else {}
-    idx.modality = read_modality(idx.meta) if isinstance(idx.meta, dict) else None
+            idx.meta = read_json_object(meta_path, "dataset.json")
+        except MedsegError as exc:
+            idx.problems.append(str(exc))
+    schema = dataset_json_problems(idx.meta, meta_path)
+    idx.problems += schema
+    try:
+        idx.labels = read_labels(idx.meta, meta_path)
+    except MedsegError:
+        idx.labels = {}  # reported above
+    idx.modality = read_modality(idx.meta)
     if not idx.labels:
-        idx.problems.append(f"{meta_path}: no labels declared (dataset.json 'labels')")
+        if not any("field 'labels" in p for p in schema):
+            idx.problems.append(f"{meta_path}: no labels declared (dataset.json 'labels')")
     elif 0 not in idx.labels.values():
         idx.problems.append(f"{meta_path}: labels {idx.labels} declare no background (value 0)")
 
-    training = idx.meta.get("training") if isinstance(idx.meta, dict) else None
-    if isinstance(training, list) and training:
+    training = idx.meta.get("training")
+    if training is not None and not isinstance(training, list):
+        return idx  # reported above
+    if training:
         for entry in training:
-            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-                idx.problems.append(f"{meta_path}: 'training' entry {entry!r} lacks image or label")
-                continue
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("image", "label")):
+                continue  # reported above
             image, label = root / entry["image"], root / entry["label"]
             ok = True
             for p in (image, label):
@@ -129,19 +260,39 @@ def index_dataset(root: str | Path) -> DatasetIndex:
             return idx
         label_files = {_case_name(p): p for p in _visible(labels) if p.is_file()}
         seen = set()
+        unmatched = []
+        channel_suffixed = False  # evidence of nnU-Net naming: an image 'case_0000' with label 'case'
         for img in _visible(images):
             name = image_case_name(img, label_files)
             if name in label_files:
                 idx.cases.append(Case(name, img, label_files[name]))
                 seen.add(name)
+                channel_suffixed |= name != _case_name(img)
             else:
-                idx.problems.append(f"{img}: no label file for it in labelsTr/ (expected {name}.nii.gz)")
+                unmatched.append(img)
+        for img in unmatched:
+            idx.problems.append(f"{img}: no label file for it in labelsTr/ "
+                                f"(expected {_expected_label_name(img, idx, channel_suffixed, bool(seen))})")
         for name, p in label_files.items():
             if name not in seen:
                 idx.problems.append(f"{p}: label without an image in imagesTr/")
     if not idx.cases and not idx.problems:
         idx.problems.append(f"{root}: the dataset is empty (no image/label pairs)")
     return idx
+
+
+def _expected_label_name(image: Path, idx: DatasetIndex, channel_suffixed: bool, any_matched: bool) -> str:
+    """The label file name an unmatched image needs: nnU-Net's ``case_0000.nii.gz`` has the label
+    ``case.nii.gz``; an MSD-style image keeps its name unless other images carry a channel suffix."""
+    name = _case_name(image)
+    stripped = _CHANNEL.sub("", name)
+    if stripped != name and (channel_suffixed or not any_matched):
+        name = stripped
+    ending = idx.meta.get("file_ending")
+    if not (isinstance(ending, str) and ending.startswith(".") and ending.lower().endswith(SITK_SUFFIXES + NIFTI_SUFFIXES)):
+        suffix = image.name[len(_case_name(image)):]
+        ending = suffix if suffix.lower() in NIFTI_SUFFIXES else ".nii.gz"
+    return name + ending
 
 
 def image_case_name(image: Path, known: dict | set) -> str:
@@ -221,12 +372,9 @@ def add_case(
     root = Path(dataset_dir)
     meta_path = root / "dataset.json"
     meta: dict = {}
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MedsegError(f"{meta_path}: unreadable ({exc})") from None
-    existing = read_labels(meta)
+    if meta_path.exists():
+        meta = read_dataset_json(meta_path)
+    existing = read_labels(meta, meta_path)
     if existing and existing != dict(label_names):
         raise MedsegError(f"{meta_path}: the dataset's labels {existing} differ from this mask's {dict(label_names)}")
     mod = (modality or scan.modality or read_modality(meta) or "CT").upper()

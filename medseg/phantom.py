@@ -911,18 +911,48 @@ def make_dataset(
     *,
     shape: tuple[int, int, int] | None = None,
     spacing: tuple[float, float, float] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write phantoms for ``seeds`` as an nnU-Net v2 style raw dataset; return ``out_dir``.
 
     Layout: imagesTr/phantom_{seed:04d}_0000.nii.gz, labelsTr/phantom_{seed:04d}.nii.gz
-    and dataset.json.
+    and dataset.json. A folder that already holds a dataset (a dataset.json, or files in
+    imagesTr/ or labelsTr/) is refused unless ``overwrite``; then the phantoms' files and
+    dataset.json are written over (other files are left as they are). ``seeds`` must be a
+    non-empty list of distinct non-negative integers.
     """
-    seeds = [int(s) for s in seeds]
+    from .errors import MedsegError
+    from .safety import ensure_writable
+
+    try:
+        raw = list(seeds)
+    except TypeError:
+        raise MedsegError(f"seeds {seeds!r}: expected a list of non-negative integers") from None
+    bad = [s for s in raw if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
+    if bad:
+        raise MedsegError(f"seeds: {bad[0]!r} is not an integer (expected non-negative integers such as 100-123)")
+    seeds = [int(s) for s in raw]
     if not seeds:
-        raise ValueError("make_dataset needs at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds}")
+        raise MedsegError("seeds: no seeds given (expected at least one, e.g. 100-123)")
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise MedsegError(f"seeds: {negative[0]} is negative (expected non-negative integers)")
+    dups = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dups:
+        raise MedsegError(f"seeds: {dups} given more than once (each seed is one case; expected distinct seeds)")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MedsegError(f"{out}: is a file, expected a dataset folder")
+    if not overwrite:
+        held = [p for p in (out / "dataset.json",) if p.exists()]
+        held += [d for d in (out / "imagesTr", out / "labelsTr") if d.is_dir() and any(d.iterdir())]
+        if held:
+            raise MedsegError(f"{out}: already holds a dataset ({held[0].name}); choose an empty folder, "
+                              f"or overwrite it (--overwrite)")
+    ensure_writable(out, folder=True)
+    for sub in ("imagesTr", "labelsTr"):
+        if (out / sub).exists() and not (out / sub).is_dir():
+            raise MedsegError(f"{out / sub}: is a file, expected a folder")
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     for seed in seeds:

@@ -94,30 +94,127 @@ class TrainConfig:
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (5e-4 if self.init else 2e-3)
 
-    def validate(self) -> None:
-        checks = {
-            "optimizer": ("adamw", "sgd"),
-            "schedule": ("onecycle", "cosine", "poly", "constant"),
-            "loss": ("ce", "ce+dice"),
-            "class_weights": ("none", "sqrt-inverse"),
-            "amp": ("auto", "off", "bf16", "fp16"),
-        }
-        for key, allowed in checks.items():
-            if getattr(self, key) not in allowed:
-                raise MedsegError(f"{key} {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
-        if not 0 <= self.foreground_fraction <= 1:
-            raise MedsegError(f"foreground fraction {self.foreground_fraction}: expected 0..1")
+    def validate(self, where: str | os.PathLike | None = None) -> None:
+        """Type- and range-check every setting; a one-line :class:`MedsegError` naming the field.
+
+        ``where`` (the run's ``config.json``) is named in the message when the settings were read
+        from a file; settings from the command line or the napari widget are named by field.
+        """
+        problem = _config_problem(self)
+        if problem is None:
+            return
+        key, value, expected = problem
+        if where is None:
+            raise MedsegError(f"{key} {value!r}: expected {expected}")
+        raise MedsegError(f"{where}: field '{key}': expected {expected}, got {value!r}")
 
     @classmethod
     def from_json(cls, path: Path) -> "TrainConfig":
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MedsegError(f"{path}: unreadable run config ({exc})") from None
-        known = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in data.items() if k in known})
+        """A run's ``config.json``: every field type-checked (pydantic), then :meth:`validate`."""
+        from .schema import read_json_object, validate_as
+
+        path = Path(path)
+        data = read_json_object(path, "run config")
+        for f in fields(cls):  # JSON true/false or "5" are not numbers, numbers are not true/false
+            if f.name not in data:
+                continue
+            kind, value = _FIELD_KINDS.get(f.name), data[f.name]
+            if kind in ("int", "float", "float?") and (isinstance(value, (bool, str))):
+                raise MedsegError(f"{path}: field '{f.name}': expected a number, got {value!r}")
+            if kind == "bool" and not isinstance(value, bool):
+                raise MedsegError(f"{path}: field '{f.name}': expected true or false, got {value!r}")
+        cfg = validate_as(cls, data, path)
         cfg.spacing = tuple(cfg.spacing)  # type: ignore[assignment]
+        cfg.validate(path)
         return cfg
+
+
+# what each TrainConfig field holds (checked by _config_problem, and before pydantic's lax coercion)
+_FIELD_KINDS = {
+    "epochs": "int", "steps_per_epoch": "int", "batch_size": "int", "lr": "float?", "optimizer": "str",
+    "schedule": "str", "weight_decay": "float", "loss": "str", "class_weights": "str", "width": "int",
+    "context_slices": "int", "spacing": "pair", "crop": "int", "foreground_fraction": "float", "augment": "bool",
+    "rotate_deg": "float", "scale": "float", "flip_prob": "float", "intensity_jitter": "float", "val_cases": "int",
+    "hd95": "bool", "seed": "int", "device": "str", "amp": "str", "channels_last": "bool", "name": "str",
+    "modality": "str?", "init": "str?", "freeze_encoder": "bool", "cache_workers": "int",
+    "half_precision_weights": "bool",
+}
+
+_CHOICES = {
+    "optimizer": ("adamw", "sgd"),
+    "schedule": ("onecycle", "cosine", "poly", "constant"),
+    "loss": ("ce", "ce+dice"),
+    "class_weights": ("none", "sqrt-inverse"),
+    "amp": ("auto", "off", "bf16", "fp16"),
+}
+
+# (lowest, highest, what) per numeric field; None: unbounded on that side
+_RANGES = {
+    "epochs": (1, None, "an integer >= 1"),
+    "steps_per_epoch": (1, None, "an integer >= 1"),
+    "batch_size": (1, None, "an integer >= 1"),
+    "width": (1, None, "an integer >= 1"),
+    "crop": (1, None, "an integer >= 1"),
+    "context_slices": (0, 16, "an integer 0..16"),
+    "val_cases": (0, None, "an integer >= 0"),
+    "seed": (0, 2**63 - 1, "an integer >= 0"),
+    "cache_workers": (0, 256, "an integer 0..256"),
+    "weight_decay": (0, None, "a finite number >= 0"),
+    "foreground_fraction": (0, 1, "a number in 0..1"),
+    "flip_prob": (0, 1, "a number in 0..1"),
+    "rotate_deg": (0, 180, "a number of degrees in 0..180"),
+    "scale": (0, 0.9, "a number in 0..0.9"),
+    "intensity_jitter": (0, 1, "a number in 0..1"),
+}
+
+
+def _config_problem(cfg: "TrainConfig") -> tuple[str, object, str] | None:
+    """The first bad field of a config as ``(field, value, what was expected)``, or None."""
+    from .schema import finite_number
+
+    for f in fields(cfg):
+        key, value, kind = f.name, getattr(cfg, f.name), _FIELD_KINDS.get(f.name)
+        if kind is None:
+            continue
+        if kind.endswith("?") and value is None:
+            continue
+        kind = kind.rstrip("?")
+        if kind == "int" and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            return key, value, _RANGES.get(key, (None, None, "an integer"))[2]
+        if kind == "float" and not finite_number(float(value) if isinstance(value, np.floating) else value):
+            return key, value, _RANGES[key][2] if key in _RANGES else "a finite number > 0" if key == "lr" else "a number"
+        if kind == "bool" and not isinstance(value, (bool, np.bool_)):
+            return key, value, "true or false"
+        if kind == "str" and not isinstance(value, str):
+            return key, value, "a string"
+        if kind == "pair":
+            ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+                finite_number(v) and v > 0 for v in value)
+            if not ok:
+                return key, value, "two positive, finite in-plane sizes (mm)"
+    for key, (low, high, what) in _RANGES.items():
+        value = getattr(cfg, key)
+        if (low is not None and value < low) or (high is not None and value > high):
+            return key, value, what
+    if cfg.lr is not None and not cfg.lr > 0:
+        return "lr", cfg.lr, "a finite number > 0"
+    for key, allowed in _CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            return key, getattr(cfg, key), f"one of {', '.join(allowed)}"
+    if not cfg.name.strip():
+        return "name", cfg.name, "a non-empty model name"
+    if cfg.modality is not None and cfg.modality.upper() not in ("CT", "MR"):
+        return "modality", cfg.modality, "CT or MR (or null: from dataset.json)"
+    if cfg.device != "auto":
+        try:
+            dev = torch.device(cfg.device)
+        except (RuntimeError, ValueError):
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+            return "device", cfg.device, "auto, cpu, cuda or cuda:N"
+    if cfg.init is not None and not cfg.init.strip():
+        return "init", cfg.init, "a bundle folder (or null)"
+    return None
 
 
 @dataclass
@@ -126,6 +223,17 @@ class PreparedCase:
     image: np.ndarray  # (Z, X', Y') float16, intensity-scaled, resampled in-plane
     classes: np.ndarray  # (Z, X', Y') uint8 class indices
     foreground: np.ndarray  # indices of slices holding any foreground
+    intensity_range: tuple[float, float] = (math.nan, math.nan)  # raw 1-99 % of the image
+
+
+def training_intensity_range(cases: list[PreparedCase]) -> list[float] | None:
+    """The raw intensity range of the training images (lowest 1st, highest 99th percentile),
+    recorded in the model card so that scans far outside it are warned about."""
+    lows = [c.intensity_range[0] for c in cases if math.isfinite(c.intensity_range[0])]
+    highs = [c.intensity_range[1] for c in cases if math.isfinite(c.intensity_range[1])]
+    if not lows or not highs or not min(lows) < max(highs):
+        return None
+    return [float(min(lows)), float(max(highs))]
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -151,14 +259,36 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def prepare_cases(cases: list[Case], card: ModelCard, workers: int = 0) -> list[PreparedCase]:
-    """Load and preprocess every case once (MONAI ``CacheDataset``)."""
+    """Load and preprocess every case once (MONAI ``CacheDataset``), ``workers`` threads at a time.
+
+    ``workers=0``: one per CPU core, at most 8 and at most one per case. The cache is filled by
+    our own thread pool (``runtime_cache``) rather than MONAI's, because MONAI's ``ThreadPool``
+    is terminated without being joined when a case fails: its other threads went on reading and
+    resampling while the interpreter shut down, and the process aborted ("terminate called
+    without an active exception", exit 134) after printing the error. Here a failure cancels
+    the cases not started and waits for those being read before the error is raised.
+    """
     from monai.data import CacheDataset
 
+    if not cases:
+        return []
     items = [{"image": str(c.image), "label": str(c.label), "name": c.name} for c in cases]
+    workers = int(workers) if workers else min(os.cpu_count() or 1, 8)
+    workers = max(1, min(workers, len(items)))
     try:
-        ds = CacheDataset(items, transform=preprocessing_pipeline(card), cache_rate=1.0, num_workers=workers or None,
-                          progress=False)
-        out = [PreparedCase(d["name"], d["image"], d["label"], d["foreground"]) for d in (ds[i] for i in range(len(ds)))]
+        ds = CacheDataset(items, transform=preprocessing_pipeline(card), cache_rate=1.0, num_workers=workers,
+                          progress=False, runtime_cache=True)
+        if workers == 1:
+            loaded = [ds[i] for i in range(len(ds))]
+        else:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="medseg-cache")
+            try:
+                futures = [pool.submit(ds.__getitem__, i) for i in range(len(ds))]
+                loaded = [f.result() for f in futures]
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+        out = [PreparedCase(d["name"], d["image"], d["label"], d["foreground"],
+                            tuple(d.get("intensity_range", (math.nan, math.nan)))) for d in loaded]
     except Exception as exc:
         raise _unwrap(exc) from None
     return out
@@ -337,14 +467,34 @@ def make_loss(cfg: TrainConfig, weight: torch.Tensor | None) -> Callable[[torch.
     return lambda logits, y: F.cross_entropy(logits.float(), y, weight=weight) + dice(logits.float(), y[:, None])
 
 
+def onecycle_pct_start(total_steps: int, pct: float = 0.1) -> float:
+    """OneCycleLR's ``pct_start``: ``pct`` (10 % warm-up) for long runs, adjusted for short ones.
+
+    OneCycleLR's warm-up phase ends at step ``pct_start * total - 1`` and its annealing phase at
+    ``total - 1``; a phase of zero length divides by zero (``--epochs 2 --steps-per-epoch 5``).
+    The warm-up end is kept in ``[1, total - 1.5]`` (``0.5`` for two steps) so both phases last
+    at least half a step for every ``total >= 2``, and a short run reaches the peak rate.
+    """
+    if total_steps < 2:
+        raise ValueError(f"OneCycleLR needs at least 2 steps, got {total_steps}")
+    warm_end = min(max(pct * total_steps - 1.0, 1.0), total_steps - 1.5)
+    return (warm_end + 1.0) / total_steps
+
+
 def make_optimizer(cfg: TrainConfig, params, total_steps: int):
+    """Optimizer and per-step LR schedule for ``total_steps`` steps (any ``total_steps >= 1``)."""
+    total_steps = max(int(total_steps), 1)
     lr = cfg.learning_rate
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.1)
+    if cfg.schedule == "onecycle" and total_steps >= 2:
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=total_steps, pct_start=onecycle_pct_start(total_steps)
+        )
+    elif cfg.schedule == "onecycle":  # a single step: no room for a warm-up and an annealing phase
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     elif cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     elif cfg.schedule == "poly":  # nnU-Net's (1 - t/T)^0.9
@@ -438,6 +588,9 @@ def train(
     """
     run_dir = Path(run_dir)
     dataset_dir = Path(dataset_dir)
+    check_run_folder(run_dir, dataset_dir)
+    if not resume:
+        check_init_bundle(run_dir, cfg.init)
     ckpt_path = run_dir / CHECKPOINT
     state = None
     if resume:
@@ -446,10 +599,14 @@ def train(
         device_override = cfg.device
         cfg = TrainConfig.from_json(run_dir / "config.json")
         cfg.device = device_override
+        cfg.validate()  # the device comes from the caller
+        check_init_bundle(run_dir, cfg.init)
         state = _load_checkpoint(ckpt_path)
+        check_resume_config(cfg, state, run_dir / "config.json")
     elif ckpt_path.exists():
         raise MedsegError(f"{run_dir}: already holds a training run; pass --resume to continue it, or pick another folder")
-    cfg.validate()
+    else:
+        cfg.validate()
     info = dist_info()
     dist = None
     if info.world_size > 1:
@@ -477,6 +634,7 @@ def train(
         card = _model_card(cfg, labels, modality, meta, init)
         shard = trn[info.rank :: info.world_size]
         prepared = prepare_cases(shard, card, cfg.cache_workers)
+        card.intensity_range = training_intensity_range(prepared)
         val_data = load_validation(val, card) if info.is_main else []
     except BaseException as exc:  # noqa: BLE001 - shared with the other ranks, then raised
         error = _unwrap(exc)
@@ -502,13 +660,18 @@ def train(
     history: list[dict] = []
     best, start_epoch = -1.0, 1
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        history, best = list(state["history"]), float(state["best"])
-        start_epoch = int(state["epoch"]) + 1
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            history, best = list(state["history"]), float(state["best"])
+            start_epoch = int(state["epoch"]) + 1
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise MedsegError(f"{run_dir / 'config.json'}: does not fit {ckpt_path.name} ({first}); a run resumes "
+                              f"with the settings it was started with") from None
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
     net = model
@@ -521,7 +684,6 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if state is None:
             atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
-    prefetch = ThreadPoolExecutor(1) if device.type == "cuda" else None
     training_notes = {
         "dataset": dataset_dir.name,
         "train_cases": [c.name for c in trn],
@@ -544,6 +706,7 @@ def train(
         "medseg_version": __version__,
     }
     done = (start_epoch - 1) * cfg.steps_per_epoch
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="medseg-prefetch") if device.type == "cuda" else None
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             net.train()
@@ -604,14 +767,15 @@ def train(
                     "history": history,
                     "best": best,
                     "torch_rng": torch.get_rng_state(),
+                    "config": json.loads(json.dumps(asdict(cfg))),
                 })
                 if on_epoch is not None:
                     on_epoch(epoch, row)
             if dist is not None:
                 dist.barrier()
     finally:
-        if prefetch:
-            prefetch.shutdown(wait=False, cancel_futures=True)
+        if prefetch:  # a batch being drawn is finished, not left running while the error unwinds
+            prefetch.shutdown(wait=True, cancel_futures=True)
     if info.world_size > 1:
         print(f"rank {info.rank}/{info.world_size} finished epoch {cfg.epochs}", file=sys.stderr, flush=True)
     if dist is not None:
@@ -620,6 +784,65 @@ def train(
     if not (run_dir / "best").exists():
         raise MedsegError(f"{run_dir}: no best model written")
     return load_bundle(run_dir / "best", device=device)
+
+
+def check_run_folder(run_dir: Path, dataset_dir: Path) -> None:
+    """Refuse, before anything is read, a run folder that is a file, lies in (or is) the dataset
+    folder, or cannot be written (``train`` calls this first; so does the napari widget's run)."""
+    from .safety import ensure_writable, is_inside, refuse_overwriting_inputs
+
+    run_dir, dataset_dir = Path(run_dir), Path(dataset_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MedsegError(f"{run_dir}: is a file, expected a run folder")
+    refuse_overwriting_inputs(run_dir, [("dataset", dataset_dir)])
+    for sub in ("best", "last"):
+        if dataset_dir.exists() and is_inside(dataset_dir, run_dir / sub):
+            raise MedsegError(f"{run_dir}: refusing to train into it: the dataset ({dataset_dir}) lies in its {sub}/ "
+                              f"folder, which the run replaces; choose another output")
+    ensure_writable(run_dir, folder=True)
+
+
+def check_init_bundle(run_dir: Path, init: str | os.PathLike | None) -> None:
+    """Refuse an ``--init`` bundle that this run would replace (``RUN/best``, ``RUN/last``) or write into."""
+    from .safety import is_inside, refuse_overwriting_inputs
+
+    if init is None:
+        return
+    run_dir, init_path = Path(run_dir), Path(init)
+    for sub in ("best", "last"):
+        if is_inside(init_path, run_dir / sub):
+            raise MedsegError(f"{run_dir}: refusing to train into it: its {sub}/ bundle would replace the --init "
+                              f"bundle ({init}); choose another output or copy the bundle elsewhere first")
+    refuse_overwriting_inputs(run_dir, [("--init bundle", init_path)])
+
+
+# settings that may differ between a run's start and its resumption (they shape neither the
+# model, nor the batches, nor the schedule)
+RESUME_MAY_CHANGE = frozenset({"device", "cache_workers", "hd95"})
+
+
+def check_resume_config(cfg: TrainConfig, state: dict, where: Path) -> None:
+    """Refuse a hand-edited ``config.json`` that no longer fits the run's checkpoint.
+
+    Checkpoints record the config they were made with; older ones are checked by the length of
+    their LR schedule (an edited ``epochs`` would otherwise fail at the last steps).
+    """
+    saved = state.get("config")
+    if isinstance(saved, dict):
+        now = json.loads(json.dumps(asdict(cfg)))
+        for key, value in now.items():
+            if key in RESUME_MAY_CHANGE or key not in saved or saved[key] == value:
+                continue
+            raise MedsegError(f"{where}: field '{key}': {value!r} differs from {saved[key]!r} in {CHECKPOINT}; a run "
+                              f"resumes with the settings it was started with (start a new run to change it)")
+        return
+    total = cfg.epochs * cfg.steps_per_epoch
+    sched = state.get("scheduler") if isinstance(state.get("scheduler"), dict) else {}
+    key = {"onecycle": "total_steps", "cosine": "T_max", "poly": "total_iters"}.get(cfg.schedule)
+    if key and key in sched and sched[key] != total:
+        raise MedsegError(f"{where}: field 'epochs': {cfg.epochs} x {cfg.steps_per_epoch} steps do not fit the "
+                          f"{sched[key]}-step schedule in {CHECKPOINT}; a run resumes with the settings it was "
+                          f"started with")
 
 
 def _model_card(cfg: TrainConfig, labels: dict[str, int], modality: str, meta: dict, init: Bundle | None) -> ModelCard:
