@@ -39,6 +39,7 @@ from .io import (
     load_scan,
 )
 from .metrics import label_metrics, label_volumes_ml
+from .schema import read_json_object
 from .transforms import array_on_grid_of
 
 Progress = Callable[[int, int], None]
@@ -241,11 +242,7 @@ def _dataset_labels(ref_dir: Path) -> dict[str, int] | None:
     """Labels of a ``dataset.json`` in ``ref_dir`` or its parent, if there is one."""
     for meta_path in (ref_dir / "dataset.json", ref_dir.parent / "dataset.json"):
         if meta_path.is_file():
-            try:
-                meta = json.loads(meta_path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise MedsegError(f"{meta_path}: unreadable ({exc})") from None
-            labels = read_labels(meta) if isinstance(meta, dict) else {}
+            labels = read_labels(read_json_object(meta_path, "dataset.json"), meta_path)
             if labels:
                 return labels
     return None
