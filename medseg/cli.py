@@ -81,8 +81,7 @@ def _medseg_warnings_only():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         warnings.simplefilter("always", MedsegWarning)
-        warnings.showwarning = _show_warning
-        _quiet_itk()
+        warnings.showwarning = _show_warning  # ITK's own warnings: switched off where io imports SimpleITK
         yield
 
 
@@ -95,16 +94,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
-
-
-def _quiet_itk() -> None:
-    """ITK prints its warnings straight to stderr (not through Python): turn them off."""
-    try:
-        import SimpleITK as sitk
-
-        sitk.ProcessObject_SetGlobalWarningDisplay(False)
-    except Exception:  # noqa: BLE001 - SimpleITK missing or too old: nothing to silence
-        pass
 
 
 def _progress() -> Progress:

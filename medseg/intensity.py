@@ -39,7 +39,7 @@ ROBUST = (1.0, 99.0)
 # How far (as a fraction of the training range's width) a scan may reach beyond it unwarned.
 MARGIN = 0.5
 
-_SAMPLE_VOXELS = 4_000_000
+_SAMPLE_VOXELS = 1_000_000  # a strided sample: percentiles to well under 1 % of the range
 
 
 @dataclass
@@ -72,7 +72,7 @@ def _fmt(value: float) -> str:
 
 def _sample(array: np.ndarray) -> np.ndarray:
     step = max(1, round((array.size / _SAMPLE_VOXELS) ** (1 / 3)))
-    return np.asarray(array[::step, ::step, ::step] if array.ndim == 3 else array, dtype=np.float64).ravel()
+    return np.asarray(array[::step, ::step, ::step] if array.ndim == 3 else array, dtype=np.float32).ravel()
 
 
 def intensity_summary(array: np.ndarray, modality: str | None = None) -> IntensitySummary:
@@ -97,7 +97,8 @@ def intensity_summary(array: np.ndarray, modality: str | None = None) -> Intensi
             return IntensitySummary(0, 0, np.nan, np.nan, np.nan, np.nan)
         lo, hi = float(arr.min()), float(arr.max())
     sample = _sample(arr)
-    sample = sample[np.isfinite(sample)]
+    if arr.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
     if (modality or "").upper() == "CT":
         inside = sample[sample >= CT_PADDING_BELOW]
         sample = inside if inside.size else sample
