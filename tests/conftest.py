@@ -14,3 +14,21 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"real scans not available: {SHARED} is absent (see shared/data/README.md)")
     return SHARED
+
+
+def hash_tree(*paths) -> dict[str, str]:
+    """sha256 of every file under ``paths`` (files or folders; file links followed, folder links
+    not, so a symbolic-link loop is read once), keyed by path: compare before and after a command
+    to prove it left its inputs alone."""
+    import hashlib
+    import os
+
+    digests: dict[str, str] = {}
+    for root in map(Path, paths):
+        files = [root] if root.is_file() else [
+            Path(d) / n for d, _dirs, names in os.walk(root) for n in names  # os.walk does not follow folder links
+        ]
+        for p in sorted(files):
+            if p.is_file():
+                digests[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return digests

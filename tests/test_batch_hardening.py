@@ -4,7 +4,6 @@ colliding output names, outputs checked before any work, inputs never written.""
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import hash_tree
 
 import medseg.batch as batch_mod
 import medseg.inference as inference_mod
@@ -29,17 +29,6 @@ def bundle():
 
     return load_bundle()
 
-
-def hash_tree(folder: Path) -> dict[str, str]:
-    """sha256 of every file below ``folder`` (links followed, loops not), by relative path."""
-    folder = Path(folder)
-    digests: dict[str, str] = {}
-    for dirpath, _dirs, files in os.walk(folder):  # os.walk does not follow folder links
-        for name in files:
-            p = Path(dirpath) / name
-            if p.is_file():
-                digests[p.relative_to(folder).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return digests
 
 
 def _scan(path: Path, seed: int) -> Path:
@@ -157,7 +146,8 @@ def test_symlink_loops_visit_each_real_folder_once(bundle, tmp_path):
     assert {r["status"] for r in result.rows} == {"done"} and len(result.rows) == 4
     masks = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz"))
     assert masks == ["a/one.nii.gz", "ext.nii.gz", "top.nii.gz", "zreal/two.nii.gz"]
-    assert hash_tree(src) == before and hash_tree(outside) == {"ext.nii.gz": before["ext.nii.gz"]}
+    assert hash_tree(src) == before
+    assert hash_tree(outside) == {str(outside / "ext.nii.gz"): before[str(src / "ext.nii.gz")]}
 
 
 @pytest.mark.parametrize("kind", ["file", "folder", "self-loop"])

@@ -1,6 +1,5 @@
 """dataset.json schema, check-dataset messages and make_dataset's refusals."""
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -8,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import hash_tree as hashes
 
 from medseg.data import add_case, check_dataset, find_cases, index_dataset, read_labels
 from medseg.errors import MedsegError
@@ -15,14 +15,6 @@ from medseg.phantom import LABELS, make_dataset, make_phantom, write_nifti
 
 SHAPE, SPACING = (32, 32, 8), (10.0, 10.0, 20.0)
 
-
-def hashes(*roots) -> dict[str, str]:
-    out = {}
-    for root in map(Path, roots):
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for p in files:
-            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")

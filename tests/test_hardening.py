@@ -8,7 +8,6 @@ code and a clean stderr (no traceback, no third-party warnings).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE
+from conftest import SAMPLE, hash_tree
 from typer.testing import CliRunner
 
 from medseg.bundle import default_bundle_path, load_bundle
@@ -35,15 +34,6 @@ SAMPLE_NIFTI = SAMPLE / "phantom_ct.nii.gz"
 SAMPLE_LABELS = SAMPLE / "phantom_ct_labels.nii.gz"
 SAMPLE_DICOM = SAMPLE / "phantom_ct_dicom"
 
-
-def hash_tree(*paths: Path) -> dict[str, str]:
-    """sha256 of every file under ``paths`` (files or folders)."""
-    out = {}
-    for root in paths:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for f in files:
-            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
 
 
 def run(*args) -> tuple[int, str, str]:

@@ -1,6 +1,5 @@
 """`medseg train` hardening: LR schedules for every step count, clean exits, config.json and -o checks."""
 
-import hashlib
 import json
 import math
 import shutil
@@ -13,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import hash_tree as hashes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,15 +29,6 @@ def tiny_cfg(**kw) -> TrainConfig:
                 device="cpu", hd95=False, lr=0.01, cache_workers=1)
     return TrainConfig(**{**base, **kw})
 
-
-def hashes(*roots) -> dict[str, str]:
-    """sha256 of every file under ``roots`` (files or folders)."""
-    out = {}
-    for root in map(Path, roots):
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for p in files:
-            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
