@@ -208,6 +208,9 @@ class ToModelSpaced(MapTransform):
         from .intensity import intensity_summary
 
         stats = intensity_summary(view, "CT" if self.preprocessing.get("kind") == "ct_window" else None)
+        if stats.finite == 0 or stats.maximum == stats.minimum:  # nothing to learn from: never train on it
+            raise MedsegError(f"{d['image_path']}: {stats.describe() if stats.finite == 0 else 'no contrast'} "
+                              "(a training image must have finite voxels of more than one value)")
         d["intensity_range"] = (stats.low, stats.high)  # raw 1-99 %, recorded in the model card
         lo, hi = intensity_range(view, self.preprocessing)
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(view, 2, 0), dtype=np.float32))[:, None]

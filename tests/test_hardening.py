@@ -28,7 +28,7 @@ from medseg.errors import MedsegError, MedsegWarning
 from medseg.inference import resolve_device, segment
 from medseg.intensity import intensity_summary
 from medseg.io import Scan, load_scan
-from medseg.phantom import make_phantom, write_nifti
+from medseg.phantom import make_dataset, make_phantom, write_nifti
 
 SAMPLE_NIFTI = SAMPLE / "phantom_ct.nii.gz"
 SAMPLE_LABELS = SAMPLE / "phantom_ct_labels.nii.gz"
@@ -492,3 +492,18 @@ def test_batch_records_doubts_per_case(tmp_path, phantom):
     assert "outside the range" in rows["raw.nii.gz"]["warning"] and rows["raw.nii.gz"]["status"] == "done"
     assert [ln for ln in stderr.splitlines() if ln.startswith("warning:")] == [f"warning: {rows['raw.nii.gz']['warning']}"]
     assert hash_tree(src) == before
+
+
+@pytest.mark.parametrize("kind", ["all NaN", "constant"])
+def test_training_refuses_garbage_images(tmp_path, kind):
+    from medseg.data import find_cases
+    from medseg.training import prepare_cases
+
+    ds = make_dataset(tmp_path / "ds", [1, 2], shape=(32, 32, 6))
+    image = ds / "imagesTr" / "phantom_0002_0000.nii.gz"
+    img = nib.load(str(image))
+    nib.save(nib.Nifti1Image(_values(kind, np.asarray(img.dataobj)), img.affine), str(image))
+    cases, _ = find_cases(ds)
+    with pytest.raises(MedsegError, match="phantom_0002_0000.nii.gz") as info:
+        prepare_cases(cases, load_bundle().card, workers=1)
+    assert "\n" not in str(info.value)
