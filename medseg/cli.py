@@ -557,7 +557,31 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def main() -> None:
-    app()
+    """The ``medseg`` entry point. Usage errors (a bad option value, a missing argument) are one
+    ``error:`` line on stderr with exit code 2, like every other error; no boxed panel."""
+    try:  # typer >= 0.20 runs on its own vendored copy of click
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    except ImportError:  # pragma: no cover - older typer
+        from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        out.print(exc.format_message(), highlight=False, markup=False)
+        code = 0
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "medseg"
+        message = " ".join(exc.format_message().split())  # one line
+        err.print(f"[red]error:[/red] {escape(message)} (see '{command} --help')", highlight=False, soft_wrap=True)
+        code = exc.exit_code
+    except ClickException as exc:
+        err.print(f"[red]error:[/red] {escape(' '.join(exc.format_message().split()))}", highlight=False,
+                  soft_wrap=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

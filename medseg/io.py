@@ -106,6 +106,8 @@ def load_scan(path: str | os.PathLike, *, series_uid: str | None = None, modalit
         scan = _load_dicom_folder(p, series_uid)
     else:
         name = p.name.lower()
+        if series_uid is not None and name.endswith(NIFTI_SUFFIXES + SITK_SUFFIXES):
+            raise MedsegError(f"{p}: --series {series_uid} picks a DICOM series, but this is a single image file")
         if name.endswith(NIFTI_SUFFIXES):
             scan = _load_nifti(p)
         elif name.endswith(SITK_SUFFIXES):

@@ -507,3 +507,23 @@ def test_training_refuses_garbage_images(tmp_path, kind):
     with pytest.raises(MedsegError, match="phantom_0002_0000.nii.gz") as info:
         prepare_cases(cases, load_bundle().card, workers=1)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["segment", "scan.nii.gz", "-o", "m.nii.gz", "--batch-size", "0"], "--batch-size"),
+        (["segment", "scan.nii.gz"], "Missing option '-o'"),
+        (["train", "DS", "-o", "RUN", "--epochs", "many"], "--epochs"),
+        (["info", "scan.nii.gz", "--bogus"], "--bogus"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_usage_errors_are_one_line_too(args, expected):
+    r = subprocess.run([sys.executable, "-m", "medseg.cli", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and expected in one_error_line(r.stderr) and "--help" in r.stderr
+
+
+def test_series_option_on_an_image_file_is_refused():
+    with pytest.raises(MedsegError, match="picks a DICOM series"):
+        load_scan(SAMPLE_NIFTI, series_uid="1.2.3")
