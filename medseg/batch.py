@@ -243,15 +243,14 @@ def _mark_outputs_over_inputs(cases: list[BatchCase]) -> None:
 
 
 def check_outputs(cases: list[BatchCase], output_dir: str | Path) -> list[BatchCase]:
-    """Before any work: raise :class:`MedsegError` when ``output_dir`` cannot be written (probed,
-    so ``/proc`` and read-only mounts are caught), and mark every case whose mask or preview would
-    be written over an input as failed. Returns ``cases``.
+    """Before any work: raise :class:`MedsegError` when ``output_dir`` or its summaries cannot be
+    written (probed, so ``/proc`` and read-only mounts are caught). Returns ``cases``; outputs
+    over inputs were already marked by :func:`find_scans` (and are again by :func:`run_batch`).
     """
     out = Path(output_dir)
     ensure_writable(out, folder=True)
     for name in (f"{SUMMARY}.csv", f"{SUMMARY}.json"):
         ensure_writable(out / name)
-    _mark_outputs_over_inputs(cases)
     return cases
 
 

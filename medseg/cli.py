@@ -6,7 +6,6 @@ set ``MEDSEG_DEBUG=1`` to see tracebacks.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import math
@@ -124,19 +123,18 @@ def segment(
     from .bundle import default_bundle_path, load_bundle
     from .inference import resolve_device
     from .inference import segment as run_segment
-    from .io import check_output_path, load_scan, save_mask
+    from .io import check_mask_name, load_scan, save_mask
     from .metrics import label_volumes_ml
     from .safety import ensure_writable, refuse_overwriting_inputs
 
     # everything about the output is checked before any work: never over an input, writable
-    _check_mask_name(output)
+    check_mask_name(output)
     refuse_overwriting_inputs(output, [("scan", input), ("reference", reference)])
     # a mask beside a bundle's files is harmless; over one of them it is not
     refuse_overwriting_inputs(output, [("model", model if model is not None else default_bundle_path())], into_folders=False)
     ensure_writable(output)
     dev = resolve_device(device)
     scan = load_scan(input, series_uid=series, modality=modality)
-    check_output_path(output, scan)
     bundle = load_bundle(model, device=dev)
     ref = _load_reference(reference, scan, bundle.card.labels) if reference is not None else None
     t0 = time.perf_counter()
@@ -165,13 +163,6 @@ def segment(
     out.print(table)
     if ref is not None:
         _print_dice(labels, ref, bundle.card.labels)
-
-
-def _check_mask_name(path: Path) -> None:
-    from .io import NIFTI_SUFFIXES
-
-    if not path.name.lower().endswith(NIFTI_SUFFIXES):
-        raise MedsegError(f"{path}: images and masks are written as NIfTI; use a .nii.gz or .nii file name")
 
 
 def _load_reference(path: Path, scan, labels: dict[str, int]):
@@ -423,11 +414,9 @@ def phantom(
 ) -> None:
     """Generate a training set of synthetic abdominal CT phantoms with ground-truth labels."""
     from .phantom import make_dataset
-    from .safety import ensure_writable
 
     chosen = _parse_seeds(seeds)
-    ensure_writable(output, folder=True)
-    make_dataset(output, chosen, overwrite=overwrite)
+    make_dataset(output, chosen, overwrite=overwrite)  # checks the seeds and the folder before writing
     err.print(f"wrote {len(chosen)} phantom cases to {output}")
 
 
@@ -526,7 +515,8 @@ MAX_SEEDS = 10_000
 
 
 def _parse_seeds(text: str) -> list[int]:
-    """Seeds from ``'100-123'`` (inclusive) or ``'1,2,5'``: distinct, non-negative, at most MAX_SEEDS."""
+    """Seeds from ``'100-123'`` (inclusive) or ``'1,2,5'``, at most MAX_SEEDS (``make_dataset``
+    checks that they are given, distinct and non-negative)."""
     import re
 
     usage = f"--seeds {text!r}: expected a range like 100-123 or a list like 1,2,5"
@@ -544,13 +534,6 @@ def _parse_seeds(text: str) -> list[int]:
             seeds = [int(s) for s in text.split(",") if s.strip()]
         except ValueError:
             raise MedsegError(usage) from None
-    if not seeds:
-        raise MedsegError(f"{usage} (no seed given)")
-    if min(seeds) < 0:
-        raise MedsegError(f"--seeds {text!r}: seeds must be 0 or more")
-    dups = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
-    if dups:
-        raise MedsegError(f"--seeds {text!r}: seed {dups[0]} is given twice")
     if len(seeds) > MAX_SEEDS:
         raise MedsegError(f"--seeds {text!r}: {len(seeds)} seeds; at most {MAX_SEEDS} at a time")
     return seeds

@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import MedsegError
 from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, as_label_map, grid_mismatch, load_scan
+from .schema import read_json_object, short_repr
 
 _CHANNEL = re.compile(r"_\d{4}$")
 
@@ -94,7 +95,7 @@ def read_labels(dataset_json: dict, where: str | Path = "dataset.json") -> dict[
     if raw is None or raw == {}:
         return {}
     if not isinstance(raw, dict):
-        raise MedsegError(f"{where}: field 'labels': expected an object of label name -> integer value, got {_short(raw)}")
+        raise MedsegError(f"{where}: field 'labels': expected an object of label name -> integer value, got {short_repr(raw)}")
     msd = all(_INT.match(str(k).strip()) for k in raw) and all(
         isinstance(v, str) and not _INT.match(v.strip()) for v in raw.values()
     )
@@ -125,11 +126,6 @@ def read_labels(dataset_json: dict, where: str | Path = "dataset.json") -> dict[
     return out
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def dataset_json_problems(meta: dict, where: str | Path = "dataset.json") -> list[str]:
     """Every field of a dataset.json that medseg reads and that has the wrong shape, one line each.
 
@@ -150,11 +146,11 @@ def dataset_json_problems(meta: dict, where: str | Path = "dataset.json") -> lis
             continue
         if not isinstance(value, dict):
             problems.append(f"{where}: field '{key}': expected an object of channel -> modality name "
-                            f"(e.g. {{\"0\": \"CT\"}}), got {_short(value)}")
+                            f"(e.g. {{\"0\": \"CT\"}}), got {short_repr(value)}")
             continue
         for ch, name in value.items():
             if not isinstance(name, str) or not name.strip():
-                problems.append(f"{where}: field '{key}.{ch}': expected a modality name such as \"CT\", got {_short(name)}")
+                problems.append(f"{where}: field '{key}.{ch}': expected a modality name such as \"CT\", got {short_repr(name)}")
                 break
     for key in ("training", "validation"):
         value = meta.get(key)
@@ -162,14 +158,14 @@ def dataset_json_problems(meta: dict, where: str | Path = "dataset.json") -> lis
             continue
         if not isinstance(value, list):
             problems.append(f"{where}: field '{key}': expected a list of {{\"image\": ..., \"label\": ...}} entries, "
-                            f"got {_short(value)}")
+                            f"got {short_repr(value)}")
             continue
         for i, entry in enumerate(value):
             if key == "validation" and isinstance(entry, str) and entry.strip():
                 continue
             if not isinstance(entry, dict):
                 problems.append(f"{where}: field '{key}.{i}': expected {{\"image\": ..., \"label\": ...}}, "
-                                f"got {_short(entry)}")
+                                f"got {short_repr(entry)}")
                 continue
             need = ("image", "label") if key == "training" else ()
             bad = next((k for k in need if not isinstance(entry.get(k), str) or not entry.get(k).strip()), None)
@@ -179,14 +175,12 @@ def dataset_json_problems(meta: dict, where: str | Path = "dataset.json") -> lis
             if bad is not None and bad not in entry:
                 problems.append(f"{where}: field '{key}.{i}.{bad}' is missing")
             elif bad is not None:
-                problems.append(f"{where}: field '{key}.{i}.{bad}': expected a file path, got {_short(entry[bad])}")
+                problems.append(f"{where}: field '{key}.{i}.{bad}': expected a file path, got {short_repr(entry[bad])}")
     return problems
 
 
 def read_dataset_json(path: str | Path) -> dict:
     """A dataset.json read and checked (:func:`dataset_json_problems`); the first problem is raised."""
-    from .schema import read_json_object
-
     meta = read_json_object(path, "dataset.json")
     problems = dataset_json_problems(meta, path)
     if problems:
@@ -215,8 +209,6 @@ def index_dataset(root: str | Path) -> DatasetIndex:
         return idx
     meta_path = root / "dataset.json"
     if meta_path.exists():
-        from .schema import read_json_object
-
         try:
             idx.meta = read_json_object(meta_path, "dataset.json")
         except MedsegError as exc:

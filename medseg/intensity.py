@@ -123,18 +123,24 @@ def expected_range(card) -> tuple[float, float] | None:
     return None
 
 
+def refuse_empty(s: IntensitySummary, where, consequence: str) -> None:
+    """One-line :class:`MedsegError` for an image without content: no voxel, no finite voxel (all
+    NaN/inf), or no contrast (one value everywhere). Inference and training both refuse these."""
+    if s.voxels == 0:
+        raise MedsegError(f"{where}: the image has no voxels; {consequence}")
+    if s.finite == 0:
+        raise MedsegError(f"{where}: no finite voxel values (all {s.voxels} are NaN or infinite); {consequence}")
+    if s.maximum == s.minimum:
+        raise MedsegError(f"{where}: no contrast (every finite voxel is {_fmt(s.minimum)}); {consequence}")
+
+
 def check_scan_intensities(scan, card) -> list[str]:
     """Refuse scans no model can segment (one-line :class:`MedsegError` naming the scan); return
     warnings (one line each) for scans outside the model's training range."""
     modality = card.modality.upper()
     s = intensity_summary(scan.array, modality)
     where = scan.source
-    if s.voxels == 0:
-        raise MedsegError(f"{where}: the scan has no voxels")
-    if s.finite == 0:
-        raise MedsegError(f"{where}: no finite voxel values (all {s.voxels} are NaN or infinite); nothing to segment")
-    if s.maximum == s.minimum:
-        raise MedsegError(f"{where}: no contrast (every finite voxel is {_fmt(s.minimum)}); nothing to segment")
+    refuse_empty(s, where, "nothing to segment")
     lo_ok, hi_ok = CT_PLAUSIBLE if modality == "CT" else MR_PLAUSIBLE
     if s.low < lo_ok or s.high > hi_ok:
         unit = "Hounsfield units" if modality == "CT" else "MR intensities"
@@ -158,4 +164,4 @@ def check_scan_intensities(scan, card) -> list[str]:
     return warnings
 
 
-__all__ = ["IntensitySummary", "intensity_summary", "check_scan_intensities", "expected_range"]
+__all__ = ["IntensitySummary", "intensity_summary", "check_scan_intensities", "expected_range", "refuse_empty"]

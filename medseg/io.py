@@ -1070,11 +1070,17 @@ def as_label_map(array: np.ndarray, source) -> np.ndarray:
     return arr
 
 
-def check_output_path(path: str | os.PathLike, scan: Scan) -> None:
-    """Refuse output paths that are not NIfTI, or that would write over or into the input."""
+def check_mask_name(path: str | os.PathLike) -> None:
+    """Refuse output names that are not NIfTI (masks and images are written as NIfTI)."""
     path = Path(path)
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
         raise MedsegError(f"{path}: images and masks are written as NIfTI; use a .nii.gz or .nii file name")
+
+
+def check_output_path(path: str | os.PathLike, scan: Scan) -> None:
+    """Refuse output paths that are not NIfTI, or that would write over or into the input."""
+    path = Path(path)
+    check_mask_name(path)
     src = scan.source.resolve()
     out = path.resolve()
     if out == src or (src.is_dir() and src in out.parents):
@@ -1192,6 +1198,7 @@ __all__ = [
     "DicomSeries",
     "load_scan",
     "save_mask",
+    "check_mask_name",
     "check_output_path",
     "canonical_grid",
     "grid_mismatch",

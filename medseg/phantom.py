@@ -13,6 +13,7 @@ millimetres (nibabel convention).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from collections.abc import Iterable
@@ -936,10 +937,10 @@ def make_dataset(
         raise MedsegError("seeds: no seeds given (expected at least one, e.g. 100-123)")
     negative = [s for s in seeds if s < 0]
     if negative:
-        raise MedsegError(f"seeds: {negative[0]} is negative (expected non-negative integers)")
-    dups = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise MedsegError(f"seeds: {negative[0]} is negative; seeds must be 0 or more")
+    dups = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
     if dups:
-        raise MedsegError(f"seeds: {dups} given more than once (each seed is one case; expected distinct seeds)")
+        raise MedsegError(f"seeds: seed {dups[0]} is given twice (each seed is one case: none may come more than once)")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise MedsegError(f"{out}: is a file, expected a dataset folder")

@@ -49,7 +49,8 @@ def field_name(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters for a one-line message."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -76,7 +77,7 @@ def validate_as(cls: type[T], data: dict[str, Any], where: str | os.PathLike) ->
         if first["type"] == "missing":
             text = f"{where}: field '{field_name(first['loc'])}' is missing"
         else:
-            text = f"{where}: field '{field_name(first['loc'])}': {first['msg']} (got {_short(first.get('input'))})"
+            text = f"{where}: field '{field_name(first['loc'])}': {first['msg']} (got {short_repr(first.get('input'))})"
         if len(errors) > 1:
             text += f" (and {len(errors) - 1} more problem(s))"
         raise MedsegError(text) from None
@@ -87,4 +88,4 @@ def finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-__all__ = ["read_json_object", "validate_as", "field_name", "finite_number"]
+__all__ = ["read_json_object", "validate_as", "field_name", "finite_number", "short_repr"]

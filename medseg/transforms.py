@@ -205,19 +205,18 @@ class ToModelSpaced(MapTransform):
         for c, v in enumerate(self.label_values):
             lut[v] = c
         size = target_size(view.shape[:2], d["spacing"], self.spacing)
-        from .intensity import intensity_summary
+        from .intensity import intensity_summary, refuse_empty
 
         stats = intensity_summary(view, "CT" if self.preprocessing.get("kind") == "ct_window" else None)
-        if stats.finite == 0 or stats.maximum == stats.minimum:  # nothing to learn from: never train on it
-            raise MedsegError(f"{d['image_path']}: {stats.describe() if stats.finite == 0 else 'no contrast'} "
-                              "(a training image must have finite voxels of more than one value)")
+        refuse_empty(stats, d["image_path"], "nothing to learn from")
         d["intensity_range"] = (stats.low, stats.high)  # raw 1-99 %, recorded in the model card
         lo, hi = intensity_range(view, self.preprocessing)
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(view, 2, 0), dtype=np.float32))[:, None]
-        finite = torch.isfinite(x)
+        finite = torch.isfinite(x) if stats.nonfinite else None
         x = intensity_transform(lo, hi)(x)
         x = x.as_tensor() if hasattr(x, "as_tensor") else x
-        x = torch.where(finite, x, torch.zeros((), dtype=x.dtype))  # NaN/inf: the background value
+        if finite is not None:  # NaN/inf: the background value
+            x = torch.where(finite, x, torch.zeros((), dtype=x.dtype))
         x = resize_slices(x, size, "bilinear")[:, 0]
         y = torch.from_numpy(np.ascontiguousarray(np.moveaxis(lut[lab], 2, 0)))[:, None]
         y = resize_slices(y.float(), size, "nearest")[:, 0].to(torch.uint8)

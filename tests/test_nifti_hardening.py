@@ -37,13 +37,7 @@ def _patch(path: Path, **fields) -> None:
     data = path.read_bytes()
     hdr = nib.Nifti1Header(binaryblock=data[:348], check=False)
     for name, value in fields.items():
-        if "[" in name:  # "pixdim[1]", "dim[3]"
-            key, idx = name[:-1].split("[")
-            arr = hdr[key].copy()
-            arr[int(idx)] = value
-            hdr[key] = arr
-        else:
-            hdr[name] = value
+        _set(hdr, name, value)
     path.write_bytes(hdr.binaryblock + data[348:])
 
 
