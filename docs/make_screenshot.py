@@ -19,7 +19,7 @@ def main(out: Path = Path(__file__).resolve().parent / "napari_segment.png") -> 
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_plugin._widget import SegmentWidget
+    from medseg_napari._widget import SegmentWidget
 
     viewer = napari.Viewer(title="medseg", show=True)
     viewer.window._qt_window.resize(1500, 900)

@@ -7,52 +7,36 @@ name, skips cases whose mask already exists (a killed run simply continues), rec
 failure with its one-line reason and goes on, and writes ``summary.csv`` / ``summary.json``.
 
 Under ``torchrun`` (or any launcher setting ``RANK`` / ``WORLD_SIZE``) each rank takes a
-disjoint, deterministic share of the sorted cases; rank 0 merges the per-rank summaries.
+disjoint, deterministic share of the sorted cases; rank 0 writes the summary of all of them.
+Finding the cases and where their outputs go lives in :mod:`medseg.batch_inputs` (re-exported here).
 """
 
 from __future__ import annotations
 
-import csv
-import errno
-import fnmatch
 import glob
-import io
-import json
 import math
-import os
-import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from .errors import MedsegError
-from .io import (
-    _reason,
-    atomic_write,
-    atomic_write_text,
-    load_scan,
-    looks_like_dicom,
-    save_mask,
+from .batch_inputs import (
+    SUMMARY,
+    BatchCase,
+    check_outputs,
+    ensure_output_folders,
+    find_scans,
+    is_active,
+    mark_outputs_over_inputs,
+    outputs_of,
 )
-from .safety import ensure_writable
+from .errors import MedsegError
+from .io import load_scan, save_mask
+from .reports import columns_of, write_csv, write_json, write_preview
+from .scan import reason
 
-SUMMARY = "summary"
 STATUS_DONE, STATUS_SKIPPED, STATUS_FAILED = "done", "skipped", "failed"
-
-
-@dataclass
-class BatchCase:
-    name: str  # relative path of the input (posix), the case's id
-    input: Path
-    output: Path
-    preview: Path | None = None
-    # set by find_scans / check_outputs: the case is not segmented, run_batch turns it into a row
-    error: str | None = None  # -> "failed" (e.g. two inputs would write the same mask)
-    skip_reason: str | None = None  # -> "skipped" (e.g. a dangling symbolic link)
 
 
 @dataclass
@@ -67,208 +51,7 @@ class BatchResult:
         return self.count(STATUS_FAILED)
 
 
-def _is_dicom_folder(folder: Path) -> bool:
-    for n, child in enumerate(sorted(folder.iterdir())):
-        if n >= 64:
-            break
-        if child.is_file() and not child.name.startswith(".") and (child.suffix.lower() == ".dcm" or looks_like_dicom(child)):
-            return True
-    return False
-
-
-def _stem(name: str) -> str:
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _real(path: Path) -> Path:
-    return Path(os.path.abspath(os.path.realpath(path)))
-
-
-def find_scans(
-    input_dir: str | Path, output_dir: str | Path, pattern: str = "*.nii.gz,*.nii", recursive: bool = False,
-    preview: bool = False,
-) -> list[BatchCase]:
-    """Cases of ``input_dir``: files matching ``pattern`` (comma-separated globs) and DICOM series
-    folders (sub-folders holding DICOM files), each with its output path under ``output_dir``.
-
-    ``a/b.nii.gz`` -> ``OUT/a/b.nii.gz``; a DICOM folder ``a/series1/`` -> ``OUT/a/series1.nii.gz``.
-    Hidden files and the output folder itself are skipped. Symbolic links are followed after
-    every real entry, and each real folder and scan is taken once (a link to something already
-    seen, such as a loop ``a/loop -> a``, is passed over); a dangling link becomes a "skipped"
-    case with its reason. Cases that cannot be segmented safely come back with ``error`` set
-    (``run_batch`` reports them as "failed" and segments the rest): two inputs whose masks would
-    have the same name, or a mask that would be written over an input.
-    """
-    root = Path(input_dir)
-    out = Path(output_dir)
-    if not root.is_dir():
-        raise MedsegError(f"{root}: not a folder")
-    patterns = [p.strip() for p in pattern.split(",") if p.strip()]
-    out_resolved = _real(out)
-    root_resolved = _real(root)
-    if out_resolved == root_resolved:
-        raise MedsegError(f"{out}: the output folder is the input folder; masks would replace the scans")
-    root_in_out = out_resolved in root_resolved.parents
-    cases: list[BatchCase] = []
-    seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of folders listed, series and scans taken
-    links: list[Path] = []  # symbolic links, followed once every real entry is known
-
-    def matches(name: str) -> bool:
-        return any(fnmatch.fnmatch(name, p) for p in patterns)
-
-    def dest(rel: Path, is_dir: bool) -> tuple[Path, Path | None]:
-        stem = rel.name if is_dir else _stem(rel.name)
-        return out / rel.parent / f"{stem}.nii.gz", (out / rel.parent / f"{stem}.png") if preview else None
-
-    def add(path: Path, rel: Path, is_dir: bool) -> None:
-        cases.append(BatchCase(rel.as_posix(), path, *dest(rel, is_dir)))
-
-    def skip(path: Path, reason: str) -> None:
-        rel = path.relative_to(root)
-        cases.append(BatchCase(rel.as_posix(), path, Path(""), None, skip_reason=f"{path}: {reason}"))
-
-    def in_output(real: Path) -> bool:  # a folder of (earlier) outputs, never scanned
-        inside = real == out_resolved or out_resolved in real.parents
-        return inside and not (root_in_out and (real == root_resolved or root_resolved in real.parents))
-
-    def listing(folder: Path, via_link: bool) -> None:
-        try:
-            children = sorted(folder.iterdir())
-        except OSError as exc:
-            if folder == root:
-                raise MedsegError(f"{root}: cannot read the folder ({exc.strerror or exc})") from None
-            skip(folder, f"cannot read the folder ({exc.strerror or exc})")
-            return
-        for child in children:
-            if child.name.startswith((".", "_")):
-                continue
-            if child.is_symlink():
-                links.append(child)
-            else:
-                consider(child, via_link)  # inside a linked folder, everything is reached through a link
-
-    def consider(child: Path, via_link: bool) -> None:
-        try:
-            st = child.stat()
-        except OSError as exc:
-            if not child.is_symlink():  # vanished meanwhile
-                return
-            if matches(child.name) or not Path(child.name).suffix:  # a scan or (perhaps) a series folder
-                try:
-                    target = os.readlink(child)
-                except OSError:
-                    target = "?"
-                what = "symbolic link loop" if exc.errno == errno.ELOOP else "dangling symbolic link"
-                skip(child, f"{what} -> {target}")
-            return
-        key = (st.st_dev, st.st_ino)
-        rel = child.relative_to(root)
-        if stat.S_ISDIR(st.st_mode):
-            if key in seen or in_output(_real(child)):
-                return
-            try:
-                is_series = _is_dicom_folder(child)
-            except OSError as exc:
-                seen.add(key)
-                skip(child, f"cannot read the folder ({exc.strerror or exc})")
-                return
-            if is_series:
-                seen.add(key)
-                add(child, rel, True)
-            elif recursive:
-                seen.add(key)
-                listing(child, via_link)
-        elif stat.S_ISREG(st.st_mode) and matches(child.name):
-            if via_link and key in seen:  # a second name for a scan already taken (real hard links both count)
-                return
-            seen.add(key)
-            add(child, rel, False)
-
-    st = root.stat()
-    seen.add((st.st_dev, st.st_ino))
-    listing(root, False)
-    for link in links:  # links met inside linked folders join the queue as it is walked
-        consider(link, True)
-    cases.sort(key=lambda c: c.name)
-    _mark_collisions(cases)
-    _mark_outputs_over_inputs(cases)
-    return cases
-
-
-def _active(case: BatchCase) -> bool:
-    return case.error is None and case.skip_reason is None
-
-
-def _mark_collisions(cases: list[BatchCase]) -> None:
-    """Every case whose mask name another case also maps to fails (all of them, none segmented)."""
-    by_output: dict[str, list[BatchCase]] = {}
-    for c in cases:
-        if _active(c):
-            by_output.setdefault(os.path.normcase(os.path.abspath(c.output)), []).append(c)
-    for group in by_output.values():
-        if len(group) < 2:
-            continue
-        for c in group:
-            others = ", ".join(str(o.input) for o in group if o is not c)
-            c.error = (f"{c.input}: its mask {c.output} would also be written for {others}; "
-                       "rename one of them (not segmented)")
-
-
-def _mark_outputs_over_inputs(cases: list[BatchCase]) -> None:
-    """A case whose mask or preview would land on an input scan (or inside an input DICOM folder) fails."""
-    files: dict[Path, BatchCase] = {}
-    folders: dict[Path, BatchCase] = {}
-    for c in cases:
-        if c.skip_reason is None:
-            real = _real(c.input)
-            (folders if real.is_dir() else files)[real] = c
-    for c in cases:
-        if not _active(c):
-            continue
-        for target in (c.output, c.preview):
-            if target is None:
-                continue
-            real = _real(target)
-            hit = files.get(real) or folders.get(real)
-            if hit is not None:
-                c.error = f"{target}: refusing to write over the input {hit.input}; choose another output folder"
-                break
-            inside = next((folders[p] for p in real.parents if p in folders), None)
-            if inside is not None:
-                c.error = f"{target}: refusing to write into the input DICOM folder {inside.input}; choose another output folder"
-                break
-
-
-def check_outputs(cases: list[BatchCase], output_dir: str | Path) -> list[BatchCase]:
-    """Before any work: raise :class:`MedsegError` when ``output_dir`` or its summaries cannot be
-    written (probed, so ``/proc`` and read-only mounts are caught). Returns ``cases``; outputs
-    over inputs were already marked by :func:`find_scans` (and are again by :func:`run_batch`).
-    """
-    out = Path(output_dir)
-    ensure_writable(out, folder=True)
-    for name in (f"{SUMMARY}.csv", f"{SUMMARY}.json"):
-        ensure_writable(out / name)
-    return cases
-
-
-def _ensure_output_folders(cases: list[BatchCase]) -> None:
-    """Probe once per distinct folder that will receive masks/previews (raises MedsegError)."""
-    done: set[Path] = set()
-    for c in cases:
-        if not _active(c):
-            continue
-        for target in (c.output, c.preview):
-            if target is not None and target.parent not in done:
-                done.add(target.parent)
-                ensure_writable(target.parent, folder=True)
-
-
-def shard(cases: list[BatchCase], rank: int, world_size: int) -> list[BatchCase]:
-    """This rank's deterministic share: every ``world_size``-th case of the sorted list."""
-    return sorted(cases, key=lambda c: c.name)[rank::world_size]
+# ---------------------------------------------------------------------------------------------- running
 
 
 def existing_mask(path: Path):
@@ -287,7 +70,7 @@ def existing_mask(path: Path):
 
 def _failure(path: Path, exc: BaseException) -> str:
     """One line for a case that failed: medseg's own message, or the file and the first line of the error."""
-    return _one_line(path, str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {_reason(exc)}")
+    return _one_line(path, str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {reason(exc)}")
 
 
 def _one_line(path: Path, message: str) -> str:
@@ -306,9 +89,7 @@ def _load(case: BatchCase, modality: str | None):
 
 def _remove_stale(case: BatchCase) -> None:
     """Temporary files a killed run left beside the case's outputs (never under a final name)."""
-    for target in (case.output, case.preview):
-        if target is None:
-            continue
+    for target in outputs_of(case):
         try:
             if target.parent.is_dir():
                 for stale in target.parent.glob(f".{glob.escape(target.name)}.*.partial*"):
@@ -325,6 +106,104 @@ def _finished(case: BatchCase, overwrite: bool):
         return existing_mask(case.output)
     except Exception:  # noqa: BLE001 - anything odd about the old mask: redo the case
         return None
+
+
+def _row(case: BatchCase, status: str, seconds: float, names: dict[str, int]) -> dict:
+    output = "" if case.skip_reason is not None else str(case.output)
+    row = {"case": case.name, "input": str(case.input), "output": output, "status": status,
+           "seconds": seconds, "error": "", "warning": ""}
+    row.update({f"{name}_ml": math.nan for name, v in sorted(names.items(), key=lambda kv: kv[1]) if v})
+    return row
+
+
+def _volumes(labels, scan, names: dict[str, int]) -> dict:
+    from .metrics import label_volumes_ml
+
+    volumes = label_volumes_ml(labels, scan.voxel_volume_ml, names)
+    return {f"{name}_ml": round(float(volumes.get(name, 0.0)), 3) for name, v in names.items() if v}
+
+
+def _row_without_work(case: BatchCase, overwrite: bool, names: dict[str, int]) -> dict | None:
+    """The row of a case that is not segmented: failed or skipped by :func:`find_scans`, or
+    completed by an earlier run (its volumes read from the mask); None for a case to segment."""
+    if not is_active(case):
+        row = _row(case, STATUS_SKIPPED if case.error is None else STATUS_FAILED, 0.0, names)
+        row["error"] = _one_line(case.input, case.error or case.skip_reason)
+        return row
+    _remove_stale(case)
+    existing = _finished(case, overwrite)
+    if existing is None:
+        return None
+    row = _row(case, STATUS_SKIPPED, 0.0, names)
+    row.update(_volumes(existing.array, existing, names))
+    return row
+
+
+def _loaded(pending, case: BatchCase, modality: str | None):
+    """``(scan, error, seconds)`` of a case, from the background read when there is one."""
+    t0 = time.perf_counter()
+    try:
+        return pending.result() if pending is not None else _load(case, modality)
+    except Exception as exc:  # noqa: BLE001 - isolated: reported, batch goes on
+        return None, _failure(case.input, exc), time.perf_counter() - t0
+
+
+@dataclass
+class _Segmenter:
+    """Segments loaded scans with one predictor and writes each case's outputs."""
+
+    predictor: object
+    names: dict[str, int]
+    on_case_start: Callable[[BatchCase, int, int], None] | None = None
+    on_slices: Callable[[int, int], None] | None = None
+    on_warning: Callable[[str], None] | None = None
+
+    def row(self, case: BatchCase, n: int, total: int, loaded) -> dict:
+        """The finished row of case ``n`` of ``total``: done, or failed with its one-line reason."""
+        scan, error, load_s = loaded
+        t0 = time.perf_counter()
+        row = _row(case, STATUS_FAILED, 0.0, self.names)
+        if error is None:
+            try:
+                if self.on_case_start:
+                    self.on_case_start(case, n, total)
+                self.segment(case, scan, row)
+            except Exception as exc:  # noqa: BLE001 - isolated: reported, batch goes on
+                error = _failure(case.input, exc)
+        elif self.on_case_start:
+            try:
+                self.on_case_start(case, n, total)
+            except Exception:  # noqa: BLE001 - progress display only; the case is reported as failed below
+                pass
+        row["error"] = error or ""
+        row["seconds"] = round(time.perf_counter() - t0 + load_s, 3)
+        return row
+
+    def segment(self, case: BatchCase, scan, row: dict) -> None:
+        """Segment ``scan`` and write the preview, then the mask (the marker a later run resumes
+        from); on failure the outputs of this attempt are removed and the error raised."""
+        notes: list[str] = []
+        labels = self.predictor.predict_scan(scan, progress=self.on_slices, on_warning=notes.append)
+        row["warning"] = " / ".join(notes)
+        for note in notes:
+            if self.on_warning:
+                self.on_warning(note)
+        volumes = _volumes(labels, scan, self.names)
+        written: list[Path] = []
+        try:
+            if case.preview is not None:
+                write_preview(scan, labels, case.preview, self.names)
+                written.append(case.preview)
+            save_mask(labels, scan, case.output)  # last: a mask on disk means the case is complete
+        except Exception:
+            for path in written:  # outputs of this attempt: the case is redone by the next run
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            raise
+        row.update(volumes)
+        row["status"] = STATUS_DONE
 
 
 def run_batch(
@@ -351,11 +230,10 @@ def run_batch(
     the mask (the marker a later run resumes from) last, and a case that fails midway has the
     outputs of this attempt removed, so the next run redoes it.
     """
-    from .inference import resolve_device, segment
-    from .metrics import label_volumes_ml
+    from .inference import Predictor, resolve_device
 
-    _ensure_output_folders(cases)
-    _mark_outputs_over_inputs(cases)
+    ensure_output_folders(cases)
+    mark_outputs_over_inputs(cases)
     dev = resolve_device(device)
     names = bundle.card.labels
     todo: list[BatchCase] = []
@@ -367,20 +245,20 @@ def run_batch(
             on_case_done(row)
 
     for case in cases:
-        if case.skip_reason is not None or case.error is not None:
-            status = STATUS_SKIPPED if case.error is None else STATUS_FAILED
-            row = _row(case, status, 0.0, names)
-            row["error"] = _one_line(case.input, case.error or case.skip_reason)
-            report(row)
-            continue
-        _remove_stale(case)
-        existing = _finished(case, overwrite)
-        if existing is not None:
-            row = _row(case, STATUS_SKIPPED, 0.0, names)
-            row.update(_volumes(label_volumes_ml(existing.array, existing.voxel_volume_ml, names), names))
-            report(row)
-        else:
+        row = _row_without_work(case, overwrite, names)
+        if row is None:
             todo.append(case)
+        else:
+            report(row)
+    if todo:  # the model is prepared once, and only when there is something to segment
+        run = _Segmenter(Predictor(bundle, dev, batch_size=batch_size), names, on_case_start, on_slices, on_warning)
+        _segment_all(todo, run, modality, report)
+    result.rows.sort(key=lambda r: r["case"])
+    return result
+
+
+def _segment_all(todo: list[BatchCase], run: _Segmenter, modality: str | None, report: Callable[[dict], None]) -> None:
+    """Segment ``todo`` in order, reading the next scan in a background thread meanwhile."""
     with ThreadPoolExecutor(1) as pool:
 
         def prefetch(i: int):
@@ -393,63 +271,9 @@ def run_batch(
 
         pending = prefetch(0)
         for n, case in enumerate(todo):
-            t0 = time.perf_counter()
-            try:
-                scan, error, load_s = pending.result() if pending is not None else _load(case, modality)
-            except Exception as exc:  # noqa: BLE001 - isolated: reported, batch goes on
-                scan, error, load_s = None, _failure(case.input, exc), time.perf_counter() - t0
+            loaded = _loaded(pending, case, modality)
             pending = prefetch(n + 1)
-            t0 = time.perf_counter()
-            row = _row(case, STATUS_FAILED, 0.0, names)
-            written: list[Path] = []
-            if error is None:
-                try:
-                    if on_case_start:
-                        on_case_start(case, n, len(todo))
-                    notes: list[str] = []
-                    labels = segment(scan, bundle, device=dev, batch_size=batch_size, progress=on_slices,
-                                     on_warning=notes.append)
-                    row["warning"] = " / ".join(notes)
-                    for note in notes:
-                        if on_warning:
-                            on_warning(note)
-                    volumes = _volumes(label_volumes_ml(labels, scan.voxel_volume_ml, names), names)
-                    if case.preview is not None:
-                        write_preview(scan, labels, case.preview, names)
-                        written.append(case.preview)
-                    save_mask(labels, scan, case.output)  # last: a mask on disk means the case is complete
-                    written.append(case.output)
-                    row.update(volumes)
-                    row["status"] = STATUS_DONE
-                except Exception as exc:  # noqa: BLE001 - isolated: reported, batch goes on
-                    error = _failure(case.input, exc)
-                    for path in written:  # outputs of this attempt: the case is redone by the next run
-                        try:
-                            path.unlink(missing_ok=True)
-                        except OSError:
-                            pass
-            elif on_case_start:
-                try:
-                    on_case_start(case, n, len(todo))
-                except Exception:  # noqa: BLE001 - progress display only; the case is reported as failed below
-                    pass
-            row["error"] = error or ""
-            row["seconds"] = round(time.perf_counter() - t0 + load_s, 3)
-            report(row)
-    result.rows.sort(key=lambda r: r["case"])
-    return result
-
-
-def _row(case: BatchCase, status: str, seconds: float, names: dict[str, int]) -> dict:
-    output = "" if case.skip_reason is not None else str(case.output)
-    row = {"case": case.name, "input": str(case.input), "output": output, "status": status,
-           "seconds": seconds, "error": "", "warning": ""}
-    row.update({f"{name}_ml": math.nan for name, v in sorted(names.items(), key=lambda kv: kv[1]) if v})
-    return row
-
-
-def _volumes(volumes: dict[str, float], names: dict[str, int]) -> dict:
-    return {f"{name}_ml": round(float(volumes.get(name, 0.0)), 3) for name, v in names.items() if v}
+            report(run.row(case, n, len(todo), loaded))
 
 
 # ---------------------------------------------------------------------------------------------- reports
@@ -458,74 +282,55 @@ def _volumes(volumes: dict[str, float], names: dict[str, int]) -> dict:
 def write_summary(rows: list[dict], out_dir: Path, name: str = SUMMARY) -> tuple[Path, Path]:
     """``<name>.csv`` and ``<name>.json`` in ``out_dir`` (atomic); NaN -> empty cell / null."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["case", "status"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-    csv_path, json_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
-    atomic_write_text(csv_path, buf.getvalue())
-    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+    csv_path = write_csv(out_dir / f"{name}.csv", rows, columns_of(rows) or ["case", "status"])
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in (STATUS_DONE, STATUS_SKIPPED, STATUS_FAILED)}
-    atomic_write_text(json_path, json.dumps({"counts": counts, "cases": clean}, indent=2) + "\n")
+    json_path = write_json(out_dir / f"{name}.json", {"counts": counts, "cases": rows})
     return csv_path, json_path
 
 
-def merge_summaries(out_dir: Path, world_size: int) -> list[dict]:
-    """Rank 0: read every rank's ``summary.rank<r>.json`` and write the merged summary."""
-    rows: list[dict] = []
-    for r in range(world_size):
-        part = out_dir / f"{SUMMARY}.rank{r}.json"
-        data = json.loads(part.read_text())
-        rows += [{k: (math.nan if v is None else v) for k, v in row.items()} for row in data["cases"]]
-    rows.sort(key=lambda r: r["case"])
-    write_summary(rows, out_dir)
-    for r in range(world_size):
-        for ext in ("json", "csv"):
-            (out_dir / f"{SUMMARY}.rank{r}.{ext}").unlink(missing_ok=True)
-    return rows
+__all__ = [
+    "BatchCase", "BatchResult", "STATUS_DONE", "STATUS_FAILED", "STATUS_SKIPPED", "SUMMARY", "check_outputs",
+    "existing_mask", "find_scans", "run_batch", "segment_folder", "write_summary",
+]
 
 
-def write_preview(scan, labels: np.ndarray, path: Path, names: dict[str, int], n_axial: int = 3) -> Path:
-    """PNG: the mask over ``n_axial`` axial slices (where it is largest) and one coronal reformat."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
+# ---------------------------------------------------------------------------------------------- medseg batch
 
-    from .display import default_contrast, display_affine, label_colours, to_display
 
-    # display order (S, P, L): an axial slice shows anterior up and the patient's right on the
-    # left (radiological convention), a coronal one superior up
-    data, _ = to_display(scan.array, scan.affine)
-    lab, _ = to_display(labels, scan.affine)
-    sz, sy, sx = np.abs(np.diag(display_affine(scan.affine, scan.shape))[:3])
-    lo, hi = default_contrast(scan.array, scan.modality)
-    area = np.array([np.count_nonzero(lab[k]) for k in range(lab.shape[0])])
-    if area.any():
-        ks = np.flatnonzero(area)
-        picks = [int(ks[int(round(q * (len(ks) - 1)))]) for q in np.linspace(0.2, 0.8, n_axial)]
-    else:
-        picks = [int(round(q * (data.shape[0] - 1))) for q in np.linspace(0.25, 0.75, n_axial)]
-    vmax = max(max(names.values(), default=1), 1)
-    table = label_colours(names)
-    colours = ListedColormap([table.get(v, (0.5, 0.5, 0.5, 1.0)) for v in range(vmax + 1)])
-    fig = Figure(figsize=(4 * (n_axial + 1), 4.4), dpi=80)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n_axial + 1)
-    overlay = {"cmap": colours, "vmin": 0, "vmax": vmax, "alpha": 0.5, "interpolation": "nearest"}
-    for ax, k in zip(axes[:n_axial], picks):
-        ax.imshow(data[k], cmap="gray", vmin=lo, vmax=hi, aspect=sy / sx)
-        ax.imshow(np.ma.masked_equal(lab[k], 0), aspect=sy / sx, **overlay)
-        ax.set_title(f"axial {k}", fontsize=9)
-    j = int(np.argmax([np.count_nonzero(lab[:, jj]) for jj in range(lab.shape[1])])) if area.any() else data.shape[1] // 2
-    ax = axes[n_axial]
-    ax.imshow(data[:, j], cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=sz / sx)
-    ax.imshow(np.ma.masked_equal(lab[:, j], 0), origin="lower", aspect=sz / sx, **overlay)
-    ax.set_title(f"coronal {j}", fontsize=9)
-    for ax in axes:
-        ax.set_axis_off()
-    fig.suptitle(Path(str(scan.source)).name, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
+def _my_cases(ranks, input_dir, output_dir: Path, model, pattern: str, recursive: bool, preview: bool):
+    """This rank's share of the scans and the model, once the outputs are known to be writable."""
+    from .bundle import load_bundle
+    from .safety import ensure_writable
+
+    ensure_writable(output_dir, folder=True)
+    cases = find_scans(input_dir, output_dir, pattern=pattern, recursive=recursive, preview=preview)
+    if not cases:
+        raise MedsegError(f"{input_dir}: no scans found (patterns {pattern}; DICOM series folders)")
+    check_outputs(cases, output_dir)  # writable, never over an input: before the model is even loaded
+    return ranks.info.share(cases), load_bundle(model, device=ranks.device)
+
+
+def segment_folder(
+    input_dir: str | Path, output_dir: str | Path, *, model=None, device="auto", pattern: str = "*.nii.gz,*.nii",
+    recursive: bool = False, preview: bool = False, on_cases: Callable[[int], None] | None = None, **options,
+) -> tuple[list[dict], bool]:
+    """``medseg batch``: find the scans of ``input_dir``, check the outputs, segment the scans
+    (``options``: :func:`run_batch`'s) and write the summary. Returns every case's row (on rank 0;
+    ``[]`` on the others) and whether any case failed.
+
+    Under ``torchrun`` each rank segments every N-th case of the sorted list and rank 0 writes the
+    summary of them all. A failure outside the cases (a folder one rank cannot write, rank 0's
+    summary) stops every rank with that rank's message (:mod:`medseg.distributed`).
+    ``on_cases(n)`` is told how many cases this process goes through.
+    """
+    from .distributed import process_group
+
+    output_dir = Path(output_dir)
+    with process_group(device) as ranks:
+        mine, bundle = ranks.run(lambda: _my_cases(ranks, input_dir, output_dir, model, pattern, recursive, preview))
+        if on_cases is not None:
+            on_cases(len(mine))
+        result = ranks.run(lambda: run_batch(mine, bundle, device=ranks.device, **options))
+        rows = sorted((r for part in ranks.gather(result.rows) for r in part), key=lambda r: r["case"])
+        ranks.run(lambda: write_summary(rows, output_dir), main_only=True)
+    return (rows if ranks.is_main else []), any(r["status"] == STATUS_FAILED for r in rows)

@@ -22,6 +22,7 @@ from torch import nn
 from . import __version__
 from .errors import MedsegError
 from .models import create_model
+from .resources import model_path
 
 CARD_NAME = "model.json"
 WEIGHT_NAMES = ("model.safetensors", "model.pt")
@@ -286,8 +287,8 @@ def save_bundle(model: nn.Module, card: ModelCard, folder: str | os.PathLike, *,
 
 
 def default_bundle_path() -> Path:
-    """The bundled default model: ``$MEDSEG_MODEL`` if set, else ``sample_data/model`` of this checkout."""
+    """The default model: ``$MEDSEG_MODEL`` if set, else the one packaged in ``medseg/resources/model``."""
     env = os.environ.get("MEDSEG_MODEL")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "sample_data" / "model"
+    return model_path()

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MedsegError
-from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, as_label_map, grid_mismatch, load_scan
+from .geometry import grid_mismatch
+from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, load_scan
+from .labels import MAX_LABEL, check_label_map
+from .naming import case_name, split_suffix, strip_channel
 from .schema import read_json_object, short_repr
-
-_CHANNEL = re.compile(r"_\d{4}$")
 
 
 @dataclass
@@ -48,21 +49,12 @@ class DatasetIndex:
     problems: list[str] = field(default_factory=list)
 
 
-def _case_name(path: Path) -> str:
-    name = path.name
-    for suffix in NIFTI_SUFFIXES[::-1] + SITK_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _visible(folder: Path) -> list[Path]:
     """Entries of a folder, without hidden files (MSD archives carry macOS '._' files)."""
     return [p for p in sorted(folder.iterdir()) if not p.name.startswith((".", "_"))]
 
 
 _INT = re.compile(r"^-?\d+$")
-_MAX_LABEL = 65535
 
 
 def _label_value(value, where: str, field_name: str) -> int:
@@ -75,9 +67,9 @@ def _label_value(value, where: str, field_name: str) -> int:
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and _INT.match(value.strip()))):
         raise MedsegError(f"{where}: field '{field_name}': expected a non-negative integer label value, got {value!r}")
     number = int(value)
-    if not 0 <= number <= _MAX_LABEL:
+    if not 0 <= number <= MAX_LABEL:
         raise MedsegError(f"{where}: field '{field_name}': expected a non-negative integer label value "
-                          f"(0..{_MAX_LABEL}), got {value!r}")
+                          f"(0..{MAX_LABEL}), got {value!r}")
     return number
 
 
@@ -126,6 +118,15 @@ def read_labels(dataset_json: dict, where: str | Path = "dataset.json") -> dict[
     return out
 
 
+def _field(meta: dict, key: str, kind: type, expected: str, where, problems: list[str]):
+    """``meta[key]`` when it is a ``kind``; None when absent, or (with a problem noted) of another type."""
+    value = meta.get(key)
+    if value is not None and not isinstance(value, kind):
+        problems.append(f"{where}: field '{key}': expected {expected}, got {short_repr(value)}")
+        return None
+    return value
+
+
 def dataset_json_problems(meta: dict, where: str | Path = "dataset.json") -> list[str]:
     """Every field of a dataset.json that medseg reads and that has the wrong shape, one line each.
 
@@ -141,26 +142,14 @@ def dataset_json_problems(meta: dict, where: str | Path = "dataset.json") -> lis
     except MedsegError as exc:
         problems.append(str(exc))
     for key in ("channel_names", "modality"):
-        value = meta.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, dict):
-            problems.append(f"{where}: field '{key}': expected an object of channel -> modality name "
-                            f"(e.g. {{\"0\": \"CT\"}}), got {short_repr(value)}")
-            continue
-        for ch, name in value.items():
+        value = _field(meta, key, dict, 'an object of channel -> modality name (e.g. {"0": "CT"})', where, problems)
+        for ch, name in (value or {}).items():
             if not isinstance(name, str) or not name.strip():
                 problems.append(f"{where}: field '{key}.{ch}': expected a modality name such as \"CT\", got {short_repr(name)}")
                 break
     for key in ("training", "validation"):
-        value = meta.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, list):
-            problems.append(f"{where}: field '{key}': expected a list of {{\"image\": ..., \"label\": ...}} entries, "
-                            f"got {short_repr(value)}")
-            continue
-        for i, entry in enumerate(value):
+        value = _field(meta, key, list, 'a list of {"image": ..., "label": ...} entries', where, problems)
+        for i, entry in enumerate(value or []):
             if key == "validation" and isinstance(entry, str) and entry.strip():
                 continue
             if not isinstance(entry, dict):
@@ -207,7 +196,21 @@ def index_dataset(root: str | Path) -> DatasetIndex:
     if not root.is_dir():
         idx.problems.append(f"{root}: not a folder")
         return idx
-    meta_path = root / "dataset.json"
+    _read_meta(idx, root / "dataset.json")
+    training = idx.meta.get("training")
+    if training is not None and not isinstance(training, list):
+        return idx  # reported by _read_meta
+    if training:
+        _index_training_list(idx, training)
+    else:
+        _index_folders(idx)
+    if not idx.cases and not idx.problems:
+        idx.problems.append(f"{root}: the dataset is empty (no image/label pairs)")
+    return idx
+
+
+def _read_meta(idx: DatasetIndex, meta_path: Path) -> None:
+    """The dataset.json's contents, labels and modality into ``idx``; its problems into ``idx.problems``."""
     if meta_path.exists():
         try:
             idx.meta = read_json_object(meta_path, "dataset.json")
@@ -226,79 +229,68 @@ def index_dataset(root: str | Path) -> DatasetIndex:
     elif 0 not in idx.labels.values():
         idx.problems.append(f"{meta_path}: labels {idx.labels} declare no background (value 0)")
 
-    training = idx.meta.get("training")
-    if training is not None and not isinstance(training, list):
-        return idx  # reported above
-    if training:
-        for entry in training:
-            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("image", "label")):
-                continue  # reported above
-            image, label = root / entry["image"], root / entry["label"]
-            ok = True
-            for p in (image, label):
-                if not p.exists():
-                    alt = _with_channel(p)
-                    if alt is not None and p == image:
-                        image = alt
-                        continue
-                    idx.problems.append(f"{p}: named in dataset.json but missing")
-                    ok = False
-            if ok:
-                idx.cases.append(Case(_case_name(label), image, label))
-    else:
-        images, labels = root / "imagesTr", root / "labelsTr"
-        if not images.is_dir() or not labels.is_dir():
-            idx.problems.append(f"{root}: expected imagesTr/ and labelsTr/ folders (MSD / nnU-Net layout)")
-            return idx
-        label_files = {_case_name(p): p for p in _visible(labels) if p.is_file()}
-        seen = set()
-        unmatched = []
-        channel_suffixed = False  # evidence of nnU-Net naming: an image 'case_0000' with label 'case'
-        for img in _visible(images):
-            name = image_case_name(img, label_files)
-            if name in label_files:
-                idx.cases.append(Case(name, img, label_files[name]))
-                seen.add(name)
-                channel_suffixed |= name != _case_name(img)
-            else:
-                unmatched.append(img)
-        for img in unmatched:
-            idx.problems.append(f"{img}: no label file for it in labelsTr/ "
-                                f"(expected {_expected_label_name(img, idx, channel_suffixed, bool(seen))})")
-        for name, p in label_files.items():
-            if name not in seen:
-                idx.problems.append(f"{p}: label without an image in imagesTr/")
-    if not idx.cases and not idx.problems:
-        idx.problems.append(f"{root}: the dataset is empty (no image/label pairs)")
-    return idx
+
+def _index_training_list(idx: DatasetIndex, training: list) -> None:
+    """Cases named by dataset.json's ``training`` list (an image may lack or carry ``_0000``)."""
+    for entry in training:
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("image", "label")):
+            continue  # reported by dataset_json_problems
+        image, label = idx.root / entry["image"], idx.root / entry["label"]
+        ok = True
+        for p in (image, label):
+            if not p.exists():
+                alt = _with_channel(p)
+                if alt is not None and p == image:
+                    image = alt
+                    continue
+                idx.problems.append(f"{p}: named in dataset.json but missing")
+                ok = False
+        if ok:
+            idx.cases.append(Case(case_name(label), image, label))
+
+
+def _index_folders(idx: DatasetIndex) -> None:
+    """Cases of ``imagesTr/`` and ``labelsTr/``, paired by case name."""
+    images, labels = idx.root / "imagesTr", idx.root / "labelsTr"
+    if not images.is_dir() or not labels.is_dir():
+        idx.problems.append(f"{idx.root}: expected imagesTr/ and labelsTr/ folders (MSD / nnU-Net layout)")
+        return
+    label_files = {case_name(p): p for p in _visible(labels) if p.is_file()}
+    seen = set()
+    unmatched = []
+    channel_suffixed = False  # evidence of nnU-Net naming: an image 'case_0000' with label 'case'
+    for img in _visible(images):
+        name = case_name(img, channel=True, known=label_files)
+        if name in label_files:
+            idx.cases.append(Case(name, img, label_files[name]))
+            seen.add(name)
+            channel_suffixed |= name != case_name(img)
+        else:
+            unmatched.append(img)
+    for img in unmatched:
+        idx.problems.append(f"{img}: no label file for it in labelsTr/ "
+                            f"(expected {_expected_label_name(img, idx, channel_suffixed, bool(seen))})")
+    for name, p in label_files.items():
+        if name not in seen:
+            idx.problems.append(f"{p}: label without an image in imagesTr/")
 
 
 def _expected_label_name(image: Path, idx: DatasetIndex, channel_suffixed: bool, any_matched: bool) -> str:
     """The label file name an unmatched image needs: nnU-Net's ``case_0000.nii.gz`` has the label
     ``case.nii.gz``; an MSD-style image keeps its name unless other images carry a channel suffix."""
-    name = _case_name(image)
-    stripped = _CHANNEL.sub("", name)
+    name, suffix = split_suffix(image.name)
+    stripped = strip_channel(name)
     if stripped != name and (channel_suffixed or not any_matched):
         name = stripped
     ending = idx.meta.get("file_ending")
     if not (isinstance(ending, str) and ending.startswith(".") and ending.lower().endswith(SITK_SUFFIXES + NIFTI_SUFFIXES)):
-        suffix = image.name[len(_case_name(image)):]
         ending = suffix if suffix.lower() in NIFTI_SUFFIXES else ".nii.gz"
     return name + ending
 
 
-def image_case_name(image: Path, known: dict | set) -> str:
-    """An image's case name: without nnU-Net's ``_0000`` channel suffix, unless the name itself
-    is a case (``case_0001.nii.gz`` in an MSD-style folder is case ``case_0001``)."""
-    name = _case_name(image)
-    stripped = _CHANNEL.sub("", name)
-    return name if name in known or stripped not in known else stripped
-
-
 def _with_channel(path: Path) -> Path | None:
     """MSD names images without nnU-Net's ``_0000``; accept either spelling."""
-    name = _case_name(path)
-    for cand in path.parent.glob(name + "_0000*"):
+    for cand in path.parent.glob(case_name(path) + "_0000*"):
         return cand
     return None
 
@@ -320,7 +312,6 @@ def check_dataset(root: str | Path) -> DatasetIndex:
     declared in dataset.json; files are readable.
     """
     idx = index_dataset(root)
-    declared = set(idx.labels.values())
     for case in idx.cases:
         try:
             image = load_scan(case.image, modality=idx.modality)
@@ -332,14 +323,9 @@ def check_dataset(root: str | Path) -> DatasetIndex:
         if why is not None:
             idx.problems.append(f"{case.label}: {why} of its image {case.image.name}")
         try:
-            arr = as_label_map(label.array, case.label)
+            check_label_map(label.array, case.label, idx.labels or None, declared_in="declared in dataset.json")
         except MedsegError as exc:
             idx.problems.append(str(exc))
-            continue
-        present = set(np.flatnonzero(np.bincount(arr.ravel())).tolist())
-        undeclared = sorted(present - declared)
-        if declared and undeclared:
-            idx.problems.append(f"{case.label}: label values {undeclared} are not declared in dataset.json")
     return idx
 
 
@@ -359,7 +345,7 @@ def add_case(
     ``training`` list, when the folder has one, gets the new pair too). The dataset's labels and
     modality must agree with the new case's; a case name already taken gets a numbered suffix.
     """
-    from .io import atomic_write_text, save_image, save_mask
+    from .io import save_image, save_mask
 
     root = Path(dataset_dir)
     meta_path = root / "dataset.json"
@@ -372,11 +358,8 @@ def add_case(
     mod = (modality or scan.modality or read_modality(meta) or "CT").upper()
     if read_modality(meta) not in (None, mod):
         raise MedsegError(f"{meta_path}: the dataset is {read_modality(meta)} but this scan is {mod}")
-    present = set(np.unique(np.asarray(labels)).tolist())
-    undeclared = sorted(present - set(label_names.values()))
-    if undeclared:
-        raise MedsegError(f"{scan.source}: mask values {undeclared} are not among the labels {dict(label_names)}")
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", case or _case_name(Path(scan.source)) or "case").strip("_.") or "case"
+    labels = check_label_map(labels, scan.source, label_names)
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", case or case_name(Path(scan.source)) or "case").strip("_.") or "case"
     name, n = base, 1
     while (root / "labelsTr" / f"{name}.nii.gz").exists() or (root / "imagesTr" / f"{name}_0000.nii.gz").exists():
         n += 1
@@ -396,5 +379,12 @@ def add_case(
     if isinstance(meta.get("training"), list):
         meta["training"].append({"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"})
     meta["numTraining"] = len([p for p in (root / "labelsTr").iterdir() if p.name.endswith(".nii.gz")])
-    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    write_dataset_json(root, meta)
     return Case(name, image, label)
+
+
+def write_dataset_json(root: str | Path, meta: dict) -> Path:
+    """Write ``meta`` as ``root/dataset.json`` (indented, one final newline), atomically; return its path."""
+    from .io import atomic_write_text
+
+    return atomic_write_text(Path(root) / "dataset.json", json.dumps(meta, indent=2) + "\n")

@@ -1,33 +1,12 @@
-"""Scans and label maps as a viewer shows them (napari), with their world geometry.
+"""How a viewer (napari) shows scans and label maps: colours, CT windows, contrast limits.
 
-Viewer convention (the one DICOM viewers use): world axes are ``(z, y, x)`` in millimetres of
-the patient's LPS frame, so an axial slice shows anterior at the top and the patient's right on
-the left of the screen (radiological display). The array is the scan's voxels reordered (a
-transpose and flips, no resampling) to ``(S, P, L)`` axis order; a 4x4 ``affine`` maps its
-indices to world ``(z, y, x)``. For an axis-aligned scan the affine is diagonal (voxel sizes and
-origin), so anisotropic voxels keep their true proportions and slicing is exact.
-
-:func:`to_display` and :func:`from_display` are exact inverses, so a mask painted in the
-viewer goes back to the scan's own voxel order and can be written with the scan's geometry.
-
->>> import numpy as np
->>> from medseg.io import Scan
->>> scan = Scan(np.zeros((4, 5, 6), np.int16), np.diag([0.8, 0.8, 3.0, 1.0]), source=None)
->>> data, affine = to_display(scan.array, scan.affine)
->>> data.shape, np.diag(affine).tolist()
-((6, 5, 4), [3.0, 0.8, 0.8, 1.0])
+The display ORIENTATION (voxels in ``(S, P, L)`` order, world ``(z, y, x)`` LPS mm, radiological
+display) is :func:`medseg.geometry.to_display` and :func:`medseg.geometry.from_display`.
 """
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
-
-from .transforms import canonical_view, from_canonical
-
-AXES = "LPS"
-_REVERSE = np.eye(4)[[2, 1, 0, 3]]  # (x, y, z, 1) <-> (z, y, x, 1)
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # CT window presets (level, width) in HU -> contrast limits
 CT_WINDOWS = {
@@ -64,36 +43,6 @@ def label_colours(names: dict[str, int]) -> dict:
     return colours
 
 
-def display_affine(ras_affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The 4x4 map from display-array indices ``(S, P, L)`` to world ``(z, y, x)`` LPS mm."""
-    ornt = nib.orientations.io_orientation(ras_affine)
-    to_view = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(tuple(AXES)))
-    view_affine = ras_affine @ nib.orientations.inv_ornt_aff(to_view, shape[:3])
-    return _REVERSE @ _RAS_TO_LPS @ view_affine @ _REVERSE
-
-
-def to_display(array: np.ndarray, ras_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(data, affine)`` for a viewer layer: voxels in ``(S, P, L)`` order (a view, no copy)."""
-    view, _ = canonical_view(array, ras_affine, AXES)
-    return view.transpose(2, 1, 0), display_affine(ras_affine, array.shape)
-
-
-def from_display(data: np.ndarray, ras_affine: np.ndarray) -> np.ndarray:
-    """Undo :func:`to_display`: a display-order array back in the scan's own voxel order."""
-    ornt = nib.orientations.io_orientation(ras_affine)
-    return np.ascontiguousarray(from_canonical(np.asarray(data).transpose(2, 1, 0), ornt, AXES))
-
-
-def display_shape(shape: tuple[int, ...], ras_affine: np.ndarray) -> tuple[int, int, int]:
-    """The display array's shape for a scan of ``shape`` (to check a Labels layer against its image)."""
-    ornt = nib.orientations.io_orientation(ras_affine)
-    to_view = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(tuple(AXES)))
-    view = [0, 0, 0]
-    for axis, (target, _flip) in enumerate(to_view):
-        view[int(target)] = shape[axis]
-    return view[2], view[1], view[0]
-
-
 def window_limits(level: float, width: float) -> tuple[float, float]:
     return level - width / 2.0, level + width / 2.0
 
@@ -113,9 +62,5 @@ __all__ = [
     "ORGAN_COLOURS",
     "label_colours",
     "default_contrast",
-    "display_affine",
-    "display_shape",
-    "from_display",
-    "to_display",
     "window_limits",
 ]

@@ -15,9 +15,6 @@ without a prediction or the reverse) becomes a failure row and evaluation goes o
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 from collections.abc import Callable
@@ -27,27 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from .data import _case_name, find_cases, read_labels, read_modality
+from .data import find_cases, read_labels, read_modality
 from .errors import MedsegError
-from .io import (
-    NIFTI_SUFFIXES,
-    SITK_SUFFIXES,
-    Scan,
-    as_label_map,
-    atomic_write_text,
-    grid_mismatch,
-    load_scan,
-)
+from .geometry import array_on_grid_of, grid_mismatch
+from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, Scan, load_scan
+from .labels import check_label_map
 from .metrics import label_metrics, label_volumes_ml
+from .naming import case_name
+from .reports import write_csv, write_json
 from .schema import read_json_object
-from .transforms import array_on_grid_of
 
 Progress = Callable[[int, int], None]
 
 CSV_NAME = "evaluation.csv"
 JSON_NAME = "evaluation.json"
 COLUMNS = ("case", "label", "value", "dice", "hd95", "pred_ml", "ref_ml")
-_CHANNEL_SUFFIX = "_0000"
 
 
 @dataclass
@@ -125,14 +116,8 @@ class Evaluation:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise MedsegError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for r in self.rows:
-            writer.writerow([_csv_cell(r[c]) for c in COLUMNS])
-        csv_path, json_path = out / CSV_NAME, out / JSON_NAME
-        atomic_write_text(csv_path, buf.getvalue())
-        atomic_write_text(json_path, json.dumps(_jsonable(self.to_dict()), indent=2, allow_nan=False) + "\n")
+        csv_path = write_csv(out / CSV_NAME, self.rows, COLUMNS, digits=6)
+        json_path = write_json(out / JSON_NAME, self.to_dict())
         return csv_path, json_path
 
 
@@ -140,26 +125,10 @@ class Evaluation:
 
 
 def checked_label_map(array: np.ndarray, source, labels: dict[str, int] | None = None) -> np.ndarray:
-    """The one label-map check of ``evaluate`` and ``segment --reference``: whole, non-negative
-    values (``as_label_map``) that are all declared in ``labels`` (name -> value; 0 is always
-    allowed). A scan given as a label map (the CT itself) fails here, naming ``source``."""
-    arr = as_label_map(array, source)
-    if labels is None or arr.size == 0:
-        return arr
-    known = {int(v) for v in labels.values()} | {0}
-    if int(arr.max()) < 1 << 20:
-        flat = arr.ravel()
-        present = np.flatnonzero(np.bincount(flat.astype(np.int64) if flat.dtype == np.uint64 else flat)).tolist()
-    else:  # huge values (not a label map at all): sorting once is cheaper than a huge histogram
-        present = np.unique(arr).tolist()
-    unknown = sorted(set(present) - known)
-    if unknown:
-        declared = ", ".join(f"{v}={k}" for k, v in sorted(labels.items(), key=lambda kv: kv[1]))
-        shown = ", ".join(str(v) for v in unknown[:8]) + (f", ... ({len(unknown)} values)" if len(unknown) > 8 else "")
-        raise MedsegError(
-            f"{source}: label values [{shown}] are not among the labels scored ({declared}); not a label map of this model?"
-        )
-    return arr
+    """The label-map check of ``evaluate`` and ``segment --reference`` (:func:`~medseg.labels.check_label_map`
+    with the labels scored): a scan given as a label map (the CT itself) fails here, naming ``source``."""
+    return check_label_map(array, source, labels, declared_in="among the labels scored",
+                           hint="not a label map of this model?")
 
 
 def evaluate_pair(
@@ -208,8 +177,7 @@ def evaluate_pair(
 
 def _case_key(path: Path) -> str:
     """Case name of a label-map file: extensions and an nnU-Net ``_0000`` channel suffix removed."""
-    name = _case_name(path)
-    return name[: -len(_CHANNEL_SUFFIX)] if name.endswith(_CHANNEL_SUFFIX) and len(name) > 5 else name
+    return case_name(path, channel=True)
 
 
 def _label_files(folder: Path) -> list[Path]:
@@ -344,7 +312,7 @@ def evaluate_model(
     card's. The dataset is read with :func:`~medseg.data.find_cases` (MSD / nnU-Net layout).
     """
     from .bundle import Bundle, load_bundle
-    from .inference import resolve_device, segment
+    from .inference import Predictor, resolve_device
 
     dev = resolve_device(device)
     if not isinstance(bundle, Bundle):
@@ -353,6 +321,7 @@ def evaluate_model(
     labels = dict(bundle.card.labels)
     _check_label_names(read_labels(meta), labels, Path(dataset_dir) / "dataset.json", bundle.card.name)
     modality = read_modality(meta)
+    predictor = Predictor(bundle, dev)
     rows: list[dict] = []
     failures: list[dict] = []
     for i, case in enumerate(cases):
@@ -362,33 +331,13 @@ def evaluate_model(
             why = grid_mismatch(ref, image)  # checked before the (slow) segmentation
             if why is not None:
                 raise MedsegError(f"{case.image}: {why} of its reference {ref.source.name}")
-            pred = Scan(array=segment(image, bundle, device=dev), affine=image.affine, source=case.image)
+            pred = Scan(array=predictor.predict_scan(image), affine=image.affine, source=case.image)
             rows += evaluate_pair(pred, ref, labels, hd95=hd95, case=case.name)
         except MedsegError as exc:
             failures.append({"case": case.name, "error": str(exc)})
         if progress is not None:
             progress(i + 1, len(cases))
     return Evaluation(rows=rows, failures=failures, labels=labels)
-
-
-# ---------------------------------------------------------------------------------------------- writing
-
-
-def _csv_cell(value: Any) -> Any:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else round(value, 6)
-    return value
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` with NaN/inf floats replaced by None (JSON null), recursively."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 __all__ = ["Evaluation", "evaluate_folders", "evaluate_model", "evaluate_pair"]

@@ -1,8 +1,9 @@
 """Scan -> label map, slice by slice. No file I/O here.
 
-Layers, as in nnU-Net's predictor: :func:`segment` takes a loaded :class:`~medseg.io.Scan`
-and a :class:`~medseg.bundle.Bundle`; :func:`predict_volume` takes a canonical (RAS-ordered)
-array and any callable mapping a batch of slices (B, C, H, W) to logits (B, K, H, W).
+Layers, as in nnU-Net v2's predictor: a :class:`Predictor` is built once from a
+:class:`~medseg.bundle.Bundle` and a device, then segments scans and files;
+:func:`segment` is the one-call convenience; :func:`predict_volume` takes a canonical
+(RAS-ordered) array and any callable mapping a batch of slices (B, C, H, W) to logits (B, K, H, W).
 
 Memory stays bounded: slices are preprocessed, resampled, predicted, resampled back and
 reduced to class indices one batch at a time, so float logits are never held for the whole
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from contextlib import nullcontext
 from typing import Callable
 
@@ -22,12 +24,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .bundle import Bundle
 from .errors import MedsegError
+from .geometry import canonical_spacing, canonical_view, from_canonical
 from .io import Scan
 from .transforms import (
-    canonical_spacing,
-    canonical_view,
     context_indices,
-    from_canonical,
     intensity_range,
     intensity_transform,
     read_slices,
@@ -147,6 +147,105 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     return fused
 
 
+class Predictor:
+    """A model made ready once, then used for many scans (nnU-Net v2's predictor, in small).
+
+    Built from a :class:`~medseg.bundle.Bundle` and a device: a copy of the model is put in
+    eval mode, its Conv2d + BatchNorm2d pairs folded, moved to the device in channels-last
+    layout. The caller's bundle is never changed. Then :meth:`predict_scan` (a loaded scan)
+    and :meth:`predict_file` (a path) give label maps on the scan's own grid.
+    """
+
+    def __init__(self, bundle: Bundle, device: str | torch.device | None = None, *, batch_size: int = 8) -> None:
+        if int(batch_size) < 1:
+            raise MedsegError(f"batch size {batch_size}: must be at least 1")
+        self.card = bundle.card
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        # A copy: folding, moving and eval() never touch the caller's model (it may be training).
+        model = copy.deepcopy(bundle.model).eval()
+        # channels-last convolutions are ~10 % faster on CPU (oneDNN) and on GPU tensor cores
+        self.model = inference_model(model).to(self.device).to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_folder(
+        cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None, *, batch_size: int = 8
+    ) -> "Predictor":
+        """A predictor for the bundle in ``path`` (default: the packaged model or ``$MEDSEG_MODEL``)."""
+        from .bundle import load_bundle
+
+        return cls(load_bundle(path), device, batch_size=batch_size)
+
+    def check_scan(self, scan: Scan, on_warning: Callable[[str], None] | None = None) -> None:
+        """Refuse a scan of the wrong modality or with unusable intensities; report doubts."""
+        import warnings
+
+        from .errors import MedsegWarning
+        from .intensity import check_scan_intensities
+
+        card = self.card
+        if scan.modality and scan.modality.upper() != card.modality.upper():
+            raise MedsegError(
+                f"{scan.source}: the model '{card.name}' is for {card.modality} but the scan is {scan.modality}"
+            )
+        for message in check_scan_intensities(scan, card):
+            if on_warning is not None:
+                on_warning(message)
+            else:
+                warnings.warn(message, MedsegWarning, stacklevel=3)
+
+    def predict_scan(
+        self,
+        scan: Scan,
+        *,
+        progress: Progress | None = None,
+        uncertainty: np.ndarray | None = None,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> np.ndarray:
+        """Label map for ``scan`` on the scan's own grid (same shape and axis order as ``scan.array``).
+
+        ``uncertainty`` (optional, one value per axial slice, inferior to superior) receives each
+        slice's mean normalised entropy (see :func:`predict_volume`).
+
+        Scans that cannot be segmented (wrong modality, no finite voxel, no contrast, values
+        outside any CT/MR range) raise :class:`MedsegError`; doubts (intensities outside the
+        model's training range, NaN voxels) go to ``on_warning`` one line each, or to
+        :mod:`warnings` as :class:`~medseg.errors.MedsegWarning` when no callback is given.
+        """
+        self.check_scan(scan, on_warning)
+        card = self.card
+        view, ornt = canonical_view(scan.array, scan.affine, card.orientation)
+        spacing = canonical_spacing(scan.affine, ornt)
+        labels = predict_volume(
+            view,
+            (float(spacing[0]), float(spacing[1])),
+            self.model,
+            intensity=intensity_range(view, card.preprocessing),
+            target_spacing=tuple(card.spacing),
+            context=card.context_slices,
+            label_values=card.label_values,
+            batch_size=self.batch_size,
+            device=self.device,
+            progress=progress,
+            uncertainty=uncertainty,
+        )
+        return np.ascontiguousarray(from_canonical(labels, ornt, card.orientation))
+
+    def predict_file(
+        self,
+        path: str | os.PathLike,
+        *,
+        series_uid: str | None = None,
+        modality: str | None = None,
+        **kwargs,
+    ) -> tuple[Scan, np.ndarray]:
+        """Load ``path`` (NIfTI, NRRD, MHA/MHD, a DICOM file or folder) and segment it."""
+        from .io import load_scan
+
+        scan = load_scan(path, series_uid=series_uid, modality=modality)
+        return scan, self.predict_scan(scan, **kwargs)
+
+
 def segment(
     scan: Scan,
     bundle: Bundle,
@@ -157,47 +256,9 @@ def segment(
     uncertainty: np.ndarray | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> np.ndarray:
-    """Label map for ``scan`` on the scan's own grid (same shape and axis order as ``scan.array``).
+    """One scan, one bundle: ``Predictor(bundle, device).predict_scan(scan, ...)``.
 
-    ``uncertainty`` (optional, one value per axial slice, inferior to superior) receives each
-    slice's mean normalised entropy (see :func:`predict_volume`).
-
-    Scans that cannot be segmented (no finite voxel, no contrast, values outside any CT/MR
-    range) raise :class:`MedsegError`; doubts (intensities outside the model's training
-    range, NaN voxels) go to ``on_warning`` one line each, or to :mod:`warnings` as
-    :class:`~medseg.errors.MedsegWarning` when no callback is given.
+    For several scans build one :class:`Predictor` and reuse it (the model is prepared once).
     """
-    import warnings
-
-    from .errors import MedsegWarning
-    from .intensity import check_scan_intensities
-
-    card = bundle.card
-    if scan.modality and scan.modality.upper() != card.modality.upper():
-        raise MedsegError(
-            f"{scan.source}: the model '{card.name}' is for {card.modality} but the scan is {scan.modality}"
-        )
-    for message in check_scan_intensities(scan, card):
-        if on_warning is not None:
-            on_warning(message)
-        else:
-            warnings.warn(message, MedsegWarning, stacklevel=2)
-    dev = resolve_device(device)
-    # channels-last convolutions are ~10 % faster on CPU (oneDNN) and on GPU tensor cores
-    model = inference_model(bundle.model.to(dev).eval()).to(memory_format=torch.channels_last)
-    view, ornt = canonical_view(scan.array, scan.affine, card.orientation)
-    spacing = canonical_spacing(scan.affine, ornt)
-    labels = predict_volume(
-        view,
-        (float(spacing[0]), float(spacing[1])),
-        model,
-        intensity=intensity_range(view, card.preprocessing),
-        target_spacing=tuple(card.spacing),
-        context=card.context_slices,
-        label_values=card.label_values,
-        batch_size=batch_size,
-        device=dev,
-        progress=progress,
-        uncertainty=uncertainty,
-    )
-    return np.ascontiguousarray(from_canonical(labels, ornt, card.orientation))
+    predictor = Predictor(bundle, device, batch_size=batch_size)
+    return predictor.predict_scan(scan, progress=progress, uncertainty=uncertainty, on_warning=on_warning)

@@ -1,4 +1,4 @@
-"""Overlap and distance metrics (``monai.metrics``), volumes, and folder evaluation."""
+"""Overlap and distance metrics (``monai.metrics``) and label volumes; :mod:`medseg.evaluation` scores folders."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """Deterministic synthetic abdominal CT volumes ("phantoms") with ground-truth labels.
 
 ``make_phantom(seed)`` renders a portal-venous abdominal CT with labelled liver, spleen,
-kidneys and a hypodense liver tumour; ``write_nifti``, ``write_dicom_series`` and
-``make_dataset`` put it on disk. The anatomy is defined in world millimetres, so it does
-not depend on the voxel grid, and every random choice comes from generators seeded with
-``seed``: the same seed (and grid) gives bit-identical arrays.
+kidneys and a hypodense liver tumour; ``write_nifti`` (through :mod:`medseg.io`),
+``write_dicom_series`` (through :mod:`medseg.dicom_export`) and ``make_dataset`` put it on
+disk. The anatomy is defined in world millimetres, so it does not depend on the voxel grid,
+and every random choice comes from generators seeded with ``seed``: the same seed (and
+grid) gives bit-identical arrays.
 
 Arrays are indexed (i, j, k) = (towards patient Left, towards Posterior, towards
 Superior), i.e. stored like DICOM ("LPS"); ``Phantom.affine`` maps (i, j, k, 1) to RAS
@@ -14,14 +15,18 @@ millimetres (nibabel convention).
 from __future__ import annotations
 
 import collections
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from .io import Scan
 
 __all__ = [
     "LABELS",
@@ -46,7 +51,6 @@ PathLike = str | os.PathLike[str]
 HU_MIN, HU_MAX = -1024, 3071  # 12-bit CT range; the image is clipped to it
 _FOV_INPLANE_MM = 380.0
 _FOV_Z_MM = 220.0  # used when only the shape is given
-_UID_ROOT = "medseg-phantom"
 
 _LIVER, _SPLEEN, _KID_R, _KID_L, _TUMOUR = (
     LABELS["liver"],
@@ -75,6 +79,13 @@ class Phantom:
         """Voxel size in mm along the three array axes."""
         sx, sy, sz = (float(np.linalg.norm(self.affine[:3, n])) for n in range(3))
         return (sx, sy, sz)
+
+    def as_scan(self) -> Scan:
+        """The image as a :class:`medseg.io.Scan` (CT, HU), for the writers in medseg.io."""
+        from .io import Scan
+
+        return Scan(self.image, self.affine, source=Path(f"phantom-seed-{self.seed}"), modality="CT",
+                    description=f"medseg phantom seed {self.seed}")
 
 
 # --------------------------------------------------------------------------- shapes
@@ -224,23 +235,31 @@ class _Anatomy:
     organ_tex: _Waves
 
 
-def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:
+def _jitter(rng: np.random.Generator, scale: float = 0.15, size: int = 3) -> np.ndarray:
+    return rng.uniform(1.0 - scale, 1.0 + scale, size=size)
+
+
+def _organ_warp(
+    rng: np.random.Generator, amplitude: tuple[float, float], wavelength: tuple[float, float]
+) -> _Waves:
+    return _Waves.random(rng, 3, wavelength, amplitude, channels=3)
+
+
+def _sample_body(rng: np.random.Generator) -> dict:
+    """Skin ellipse, fat and muscle wall, their variation along z, and the ribs."""
     u = rng.uniform
-
-    def jitter(scale: float = 0.15, size: int = 3) -> np.ndarray:
-        return u(1.0 - scale, 1.0 + scale, size=size)
-
-    def warp(amplitude: tuple[float, float], wavelength: tuple[float, float]) -> _Waves:
-        return _Waves.random(rng, 3, wavelength, amplitude, channels=3)
-
     body_a, body_b = u(150.0, 180.0), u(110.0, 135.0)
     fat, wall = u(10.0, 30.0), u(6.0, 12.0)
     body_zvar = (u(0.01, 0.04), u(250.0, 500.0), u(0.0, 2.0 * np.pi))
     body_warp = _Waves.random(rng, 4, (150.0, 400.0), (1.0, 4.0), channels=2)
     ribs = (u(-30.0, -10.0), u(26.0, 32.0), u(0.0, 30.0))
-    cav_a, cav_b = body_a - fat - wall, body_b - fat - wall
+    return dict(body_a=body_a, body_b=body_b, fat=fat, wall=wall, body_zvar=body_zvar, body_warp=body_warp,
+                ribs=ribs)
 
-    # Posterior structures, front to back from the inner edge of the back's fat.
+
+def _sample_spine(rng: np.random.Generator, body_b: float, fat: float) -> dict:
+    """Posterior structures, front to back from the inner edge of the back's fat."""
+    u = rng.uniform
     y_fat_inner = -(body_b - fat)
     canal_r = u(8.0, 10.0)
     canal_y = y_fat_inner + u(48.0, 56.0)
@@ -252,62 +271,74 @@ def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:
     psoas = (vb_rx + u(12.0, 16.0), vb_y - 2.0, u(14.0, 18.0), u(13.0, 17.0))
     aorta_r = u(9.0, 12.0)
     aorta = (-vb_rx * u(0.4, 0.7), vb_y + vb_ry + aorta_r + u(1.0, 4.0), aorta_r)
+    return dict(y_fat_inner=y_fat_inner, canal=(canal_y, canal_r), vb=(vb_y, vb_rx, vb_ry), spine_sway=spine_sway,
+                levels=levels, paraspinal=paraspinal, psoas=psoas, aorta=aorta)
 
-    # Liver: a big right lobe (RAS x > 0) against the right wall plus a left lobe
-    # crossing the midline anteriorly.
+
+def _sample_liver(rng: np.random.Generator, cav_a: float, cav_b: float) -> tuple[_Blob, _Blob]:
+    """A big right lobe (RAS x > 0) against the right wall plus a left lobe crossing the
+    midline anteriorly."""
+    u = rng.uniform
     right_c = np.array([0.45 * cav_a + u(-10, 10), 0.05 * cav_b + u(-10, 10), u(22, 36)])
     right = _Blob(
         right_c,
-        np.array([85.0, 75.0, 64.0]) * jitter(),
+        np.array([85.0, 75.0, 64.0]) * _jitter(rng),
         _rotation(u(-5, 5), u(-5, 5), u(-10, 10)),
-        warp((2.0, 5.0), (90.0, 200.0)),
+        _organ_warp(rng, (2.0, 5.0), (90.0, 200.0)),
     )
     left = _Blob(
         np.array([right_c[0] - u(60, 75), 0.45 * cav_b + u(-5, 5), right_c[2] + u(5, 15)]),
-        np.array([55.0, 26.0, 35.0]) * jitter(),
+        np.array([55.0, 26.0, 35.0]) * _jitter(rng),
         _rotation(u(-5, 5), u(-5, 5), u(-15, 15)),
-        warp((2.0, 4.0), (90.0, 200.0)),
+        _organ_warp(rng, (2.0, 4.0), (90.0, 200.0)),
     )
-    # Spleen: hugging the postero-lateral left wall (RAS x < 0).
+    return right, left
+
+
+def _sample_spleen(rng: np.random.Generator, cav_a: float, cav_b: float) -> _Blob:
+    """Hugging the postero-lateral left wall (RAS x < 0)."""
+    u = rng.uniform
     theta = np.deg2rad(u(-40.0, -20.0))
     wall_pt = np.array([-cav_a * np.cos(theta), cav_b * np.sin(theta)])
     normal = np.array([-np.cos(theta) / cav_a, np.sin(theta) / cav_b])
     normal /= np.linalg.norm(normal)
-    s_semi = np.array([24.0, 50.0, 50.0]) * jitter()
+    s_semi = np.array([24.0, 50.0, 50.0]) * _jitter(rng)
     s_xy = wall_pt - normal * 0.85 * s_semi[0] + u(-5, 5, size=2)
     s_axes = _rotation(u(-8, 8), u(-8, 8), u(-8, 8)) @ _frame(
         np.array([normal[0], normal[1], 0.0]), np.array([0.0, 0.0, 1.0])
     )
-    spleen = _Blob(
+    return _Blob(
         np.array([s_xy[0], s_xy[1], u(30.0, 45.0)]),
         s_semi,
         s_axes,
-        warp((2.0, 4.0), (80.0, 180.0)),
+        _organ_warp(rng, (2.0, 4.0), (80.0, 180.0)),
     )
 
-    # Kidneys: local axis 0 points to the hilum (antero-medial), axis 2 along the long
-    # axis (upper pole medial and posterior). The right kidney sits lower.
-    def kidney(side: float, z: float) -> _Blob:  # side: +1 right (RAS x > 0), -1 left
-        medial = -side
-        hilum_angle = np.deg2rad(u(20.0, 40.0))
-        hilum = np.array([medial * np.cos(hilum_angle), np.sin(hilum_angle), 0.0])
-        tilt_m, tilt_p = np.tan(np.deg2rad(u(5.0, 15.0))), np.tan(np.deg2rad(u(5.0, 15.0)))
-        long_axis = np.array([medial * tilt_m, -tilt_p, 1.0])
-        centre = np.array([side * u(66.0, 78.0), vb_y - u(5.0, 15.0), z])
-        centre[:2] += u(-5, 5, size=2)
-        return _Blob(
-            centre,
-            np.array([30.0, 20.0, 52.0]) * jitter(),
-            _frame(hilum, long_axis),
-            warp((1.0, 2.5), (60.0, 120.0)),
-        )
 
-    z_left = u(-15.0, 5.0)
-    kidney_l = kidney(-1.0, z_left)
-    kidney_r = kidney(+1.0, z_left - u(10.0, 25.0))
+def _sample_kidney(rng: np.random.Generator, side: float, z: float, vb_y: float) -> _Blob:
+    """Local axis 0 points to the hilum (antero-medial), axis 2 along the long axis (upper
+    pole medial and posterior). ``side``: +1 right (RAS x > 0), -1 left."""
+    u = rng.uniform
+    medial = -side
+    hilum_angle = np.deg2rad(u(20.0, 40.0))
+    hilum = np.array([medial * np.cos(hilum_angle), np.sin(hilum_angle), 0.0])
+    tilt_m, tilt_p = np.tan(np.deg2rad(u(5.0, 15.0))), np.tan(np.deg2rad(u(5.0, 15.0)))
+    long_axis = np.array([medial * tilt_m, -tilt_p, 1.0])
+    centre = np.array([side * u(66.0, 78.0), vb_y - u(5.0, 15.0), z])
+    centre[:2] += u(-5, 5, size=2)
+    return _Blob(
+        centre,
+        np.array([30.0, 20.0, 52.0]) * _jitter(rng),
+        _frame(hilum, long_axis),
+        _organ_warp(rng, (1.0, 2.5), (60.0, 120.0)),
+    )
 
+
+def _sample_hu(rng: np.random.Generator) -> dict[str, float]:
+    """Tissue values (HU), texture and noise amplitudes, blur width (mm)."""
+    u = rng.uniform
     cortex = u(165.0, 190.0)
-    hu = {
+    return {
         "fat": u(-110.0, -90.0),
         "muscle": u(40.0, 60.0),
         "visceral": u(-35.0, -15.0),
@@ -328,23 +359,24 @@ def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:
         "blur_mm": u(0.5, 1.0),
         "noise": u(10.0, 15.0),
     }
+
+
+def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:
+    """Every anatomical parameter, drawn from ``rng`` in one fixed order."""
+    body = _sample_body(rng)
+    cav_a, cav_b = body["body_a"] - body["fat"] - body["wall"], body["body_b"] - body["fat"] - body["wall"]
+    spine = _sample_spine(rng, body["body_b"], body["fat"])
+    liver = _sample_liver(rng, cav_a, cav_b)
+    spleen = _sample_spleen(rng, cav_a, cav_b)
+    # The right kidney sits lower.
+    z_left = rng.uniform(-15.0, 5.0)
+    kidney_l = _sample_kidney(rng, -1.0, z_left, spine["vb"][0])
+    kidney_r = _sample_kidney(rng, +1.0, z_left - rng.uniform(10.0, 25.0), spine["vb"][0])
+    hu = _sample_hu(rng)
     return _Anatomy(
-        body_a=body_a,
-        body_b=body_b,
-        fat=fat,
-        wall=wall,
-        body_zvar=body_zvar,
-        body_warp=body_warp,
-        ribs=ribs,
-        spine_sway=spine_sway,
-        vb=(vb_y, vb_rx, vb_ry),
-        canal=(canal_y, canal_r),
-        levels=levels,
-        paraspinal=paraspinal,
-        psoas=psoas,
-        aorta=aorta,
-        y_fat_inner=y_fat_inner,
-        liver=(right, left),
+        **body,
+        **spine,
+        liver=liver,
         tumour=None,
         spleen=spleen,
         kidney_r=kidney_r,
@@ -409,10 +441,32 @@ def _render_slice(
     windows: dict[str, _Window],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free HU (float32) and labels (uint8) of one axial slice, shape (nx, ny)."""
+    hu, muscle_out, cavity = _render_body(an, xs, ys, z)
+    blocked, sx0 = _render_spine(an, xs, ys, z, hu, muscle_out)
+    canvas = _Canvas(xs, ys, z, k, hu, np.zeros((xs.size, ys.size), dtype=np.uint8), cavity & ~blocked)
+    _render_organs(an, canvas, windows, sx0)
+    return hu, canvas.lab
+
+
+@dataclass
+class _Canvas:
+    """An axial slice being rendered: its body-frame grid ``xs`` by ``ys`` at height ``z`` (slice
+    ``k``), its HU and labels so far, and ``free``, where organs may still go."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    z: float
+    k: int
+    hu: np.ndarray
+    lab: np.ndarray
+    free: np.ndarray
+
+
+def _render_body(an: _Anatomy, xs: np.ndarray, ys: np.ndarray, z: float) -> tuple[np.ndarray, ...]:
+    """Air, skin, subcutaneous fat, muscle wall with ribs, visceral fat and bowel: the slice's
+    HU (float32) and the masks inside the muscle wall's outer edge and of the cavity."""
     h = an.hu
-    nx, ny = xs.size, ys.size
-    hu = np.full((nx, ny), -1000.0, dtype=np.float32)
-    lab = np.zeros((nx, ny), dtype=np.uint8)
+    hu = np.full((xs.size, ys.size), -1000.0, dtype=np.float32)
 
     # Body wall: skin, subcutaneous fat, muscle, cavity (nested warped ellipses).
     amp, lam, ph = an.body_zvar
@@ -446,12 +500,19 @@ def _render_slice(
     # Visceral fat and bowel.
     visceral = _visceral_hu(an, an.visceral_tex.slab(xs, ys, z)[0], ys[None, :])
     np.copyto(hu, visceral, where=cavity)
+    return hu, muscle_out, cavity
 
-    # Spine, paraspinal and psoas muscles, aorta: unlabelled context that organs avoid.
+
+def _render_spine(
+    an: _Anatomy, xs: np.ndarray, ys: np.ndarray, z: float, hu: np.ndarray, muscle_out: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Spine, paraspinal and psoas muscles, aorta (into ``hu``): unlabelled context that organs
+    avoid. Returns where they are and the spine's sideways sway (mm) at ``z``."""
+    h = an.hu
     s_amp, s_lam, s_ph = an.spine_sway
     sx0 = s_amp * np.sin(2.0 * np.pi * z / s_lam + s_ph)
     px, py, prx, pry = an.paraspinal
-    blocked = np.zeros((nx, ny), dtype=bool)
+    blocked = np.zeros((xs.size, ys.size), dtype=bool)
     for side in (-1.0, 1.0):
         para = _ellipse(xs, ys, sx0 + side * px, py, prx, pry) & muscle_out
         hu[para] = h["muscle"]
@@ -490,31 +551,19 @@ def _render_slice(
     aorta = _ellipse(xs, ys, sx0 + ax, ay, ar, ar)
     hu[aorta] = h["aorta"]
     blocked |= aorta
+    return blocked, sx0
 
-    # Organs, highest priority first, each only where nothing is yet. The liver and
-    # spleen stay out of the retroperitoneum in front of the spine.
-    free = cavity & ~blocked
+
+def _render_organs(an: _Anatomy, canvas: _Canvas, windows: dict[str, _Window], sx0: float) -> None:
+    """Organs onto ``canvas``, highest priority first, each only where it is ``free`` (and
+    nothing is yet). The liver and spleen stay out of the retroperitoneum in front of the spine."""
+    h = an.hu
+    xs, ys, z, k, hu, lab, free = canvas.xs, canvas.ys, canvas.z, canvas.k, canvas.hu, canvas.lab, canvas.free
+    vb_y, vb_rx, _ = an.vb
+    _, ay, ar = an.aorta
     prevertebral = _ellipse(xs, ys, sx0, vb_y, vb_rx + 22.0, ay + ar + 4.0 - vb_y)
     organ_tex = an.organ_tex.slab(xs, ys, z)[0] * np.float32(h["tex"])
-
-    for name, value in (("kidney_r", _KID_R), ("kidney_l", _KID_L)):
-        win = windows[name]
-        if not win.covers(k):
-            continue
-        bx, by = win.box()
-        blob: _Blob = getattr(an, name)
-        u0, u1, u2 = blob.local(xs[bx], ys[by], z)
-        f = u0 * u0 + u1 * u1 + u2 * u2
-        m = (f < 1.0) & free[bx, by]
-        sinus = m & (((u0 - 1.0) / 0.65) ** 2 + (u1 / 0.45) ** 2 + (u2 / 0.4) ** 2 < 1.0)
-        kid = m & ~sinus
-        w = np.clip((f - 0.3) / 0.35, 0.0, 1.0)
-        kid_hu = h["medulla"] + (h["cortex"] - h["medulla"]) * w + organ_tex[bx, by]
-        hu_b, lab_b, free_b = hu[bx, by], lab[bx, by], free[bx, by]
-        hu_b[kid] = kid_hu[kid]
-        hu_b[sinus] = h["sinus"] + organ_tex[bx, by][sinus]
-        lab_b[kid] = value
-        free_b[m] = False
+    _render_kidneys(an, canvas, windows, organ_tex)
 
     free &= ~prevertebral
     win = windows["spleen"]
@@ -547,7 +596,30 @@ def _render_slice(
         core = np.float32(h["necrosis"]) * (1.0 - f[m])  # a slightly darker centre
         hu[bx, by][m] = h["tumour"] - core + organ_tex[bx, by][m]
         lab[bx, by][m] = _TUMOUR
-    return hu, lab
+
+
+def _render_kidneys(an: _Anatomy, canvas: _Canvas, windows: dict[str, _Window], organ_tex: np.ndarray) -> None:
+    """Both kidneys (cortex brighter than medulla, a renal sinus at the hilum); marks them not ``free``."""
+    h = an.hu
+    xs, ys, z, k, hu, lab, free = canvas.xs, canvas.ys, canvas.z, canvas.k, canvas.hu, canvas.lab, canvas.free
+    for name, value in (("kidney_r", _KID_R), ("kidney_l", _KID_L)):
+        win = windows[name]
+        if not win.covers(k):
+            continue
+        bx, by = win.box()
+        blob: _Blob = getattr(an, name)
+        u0, u1, u2 = blob.local(xs[bx], ys[by], z)
+        f = u0 * u0 + u1 * u1 + u2 * u2
+        m = (f < 1.0) & free[bx, by]
+        sinus = m & (((u0 - 1.0) / 0.65) ** 2 + (u1 / 0.45) ** 2 + (u2 / 0.4) ** 2 < 1.0)
+        kid = m & ~sinus
+        w = np.clip((f - 0.3) / 0.35, 0.0, 1.0)
+        kid_hu = h["medulla"] + (h["cortex"] - h["medulla"]) * w + organ_tex[bx, by]
+        hu_b, lab_b, free_b = hu[bx, by], lab[bx, by], free[bx, by]
+        hu_b[kid] = kid_hu[kid]
+        hu_b[sinus] = h["sinus"] + organ_tex[bx, by][sinus]
+        lab_b[kid] = value
+        free_b[m] = False
 
 
 # ------------------------------------------------------------------------- geometry
@@ -665,15 +737,22 @@ def make_phantom(
     _drop_islands(an, labels, image, axes, windows)
     _enclose_tumour(an, labels, image, windows)
 
-    # Pass 2: the scanner's point-spread (in-plane blur) and noise.
-    blur = (an.hu["blur_mm"] / sx, an.hu["blur_mm"] / sy)
+    _scanner_blur_and_noise(an, image, (sx, sy), noise_rng)
+    return Phantom(image=image, labels=labels, affine=affine, seed=seed)
+
+
+def _scanner_blur_and_noise(
+    an: _Anatomy, image: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator
+) -> None:
+    """Pass 2, in place: the scanner's point-spread (in-plane blur) and noise, slice by slice."""
+    nx, ny, nz = image.shape
+    blur = (an.hu["blur_mm"] / spacing[0], an.hu["blur_mm"] / spacing[1])
     noise_sd = np.float32(an.hu["noise"])
     for k in range(nz):
         sl = image[:, :, k].astype(np.float32)
         sl = ndimage.gaussian_filter(sl, blur, mode="nearest", truncate=3.0)
-        sl += noise_rng.standard_normal((nx, ny), dtype=np.float32) * noise_sd
+        sl += rng.standard_normal((nx, ny), dtype=np.float32) * noise_sd
         image[:, :, k] = np.clip(np.rint(sl), HU_MIN, HU_MAX)
-    return Phantom(image=image, labels=labels, affine=affine, seed=seed)
 
 
 def _windows(an: _Anatomy, axes: tuple[np.ndarray, ...]) -> dict[str, _Window]:
@@ -773,37 +852,17 @@ def _enclose_tumour(
 
 
 def write_nifti(phantom: Phantom, image_path: PathLike, label_path: PathLike | None = None) -> None:
-    """Write the image (int16 HU) and optionally the labels (uint8) as NIfTI-1.
+    """Write the image (int16 HU) and optionally the labels (uint8) as NIfTI-1, atomically.
 
-    Both files get sform and qform (code 1, scanner) equal to ``phantom.affine``.
+    Written by :func:`medseg.io.save_image` and :func:`medseg.io.save_mask`: both files get
+    sform and qform (code 1, scanner) equal to ``phantom.affine``, units mm.
     """
-    import nibabel as nib
+    from .io import save_image, save_mask
 
-    pairs: list[tuple[np.ndarray, PathLike, str]] = [
-        (phantom.image.astype(np.int16, copy=False), image_path, "image")
-    ]
+    scan = phantom.as_scan()
+    save_image(scan, image_path)
     if label_path is not None:
-        pairs.append((phantom.labels.astype(np.uint8, copy=False), label_path, "labels"))
-    for data, path, what in pairs:
-        img = nib.Nifti1Image(data, phantom.affine)
-        img.set_sform(phantom.affine, code=1)
-        img.set_qform(phantom.affine, code=1)
-        img.header.set_xyzt_units("mm", "sec")
-        img.header["descrip"] = f"medseg phantom seed {phantom.seed} {what}".encode()[:79]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        nib.save(img, os.fspath(path))
-
-
-def _ds(value: float) -> str:
-    """A decimal string (DICOM DS, at most 16 characters) for ``value``."""
-    value = float(value)
-    if value == 0.0:
-        return "0"
-    for digits in range(12, 0, -1):
-        text = f"{value:.{digits}g}"
-        if len(text) <= 16:
-            return text
-    raise ValueError(f"cannot write {value!r} as a DICOM decimal string")
+        save_mask(phantom.labels, scan, label_path)
 
 
 def write_dicom_series(
@@ -816,94 +875,31 @@ def write_dicom_series(
 ) -> list[Path]:
     """Write one CT Image Storage file per axial slice; return the paths in slice order.
 
-    Stored values are HU + 1024 (unsigned, 12 bits stored; RescaleIntercept -1024).
-    UIDs are derived from the seed and grid, so rewriting a phantom gives the same UIDs.
-    Files are named by SOPInstanceUID, so their names do not sort in slice order.
+    :func:`medseg.dicom_export.write_dicom_series` with the phantom's tags: stored values are
+    HU + 1024 (unsigned, 12 bits stored; RescaleIntercept -1024). UIDs are derived from the
+    seed and grid, so rewriting a phantom gives the same UIDs. Files are named by
+    SOPInstanceUID, so their names do not sort in slice order.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        PYDICOM_IMPLEMENTATION_UID,
-        CTImageStorage,
-        ExplicitVRLittleEndian,
-        generate_uid,
+    from .dicom_export import write_dicom_series as write_series
+
+    tags = {
+        "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
+        "Manufacturer": "medseg phantom",
+        "StudyDescription": "medseg synthetic abdomen",
+        "PatientName": f"Phantom^Seed{phantom.seed}",
+        "BodyPartExamined": "ABDOMEN",
+        "KVP": "120",
+    }
+    return write_series(
+        phantom.as_scan(),
+        folder,
+        series_description=series_description,
+        patient_id=patient_id,
+        series_uid=series_uid,
+        uid_key=str(phantom.seed),
+        tags=tags,
+        when=datetime(2024, 1, 1, 12, 0, 0),
     )
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    nx, ny, nz = phantom.image.shape
-    sx, sy, sz = phantom.spacing
-    ox, oy, oz = (float(v) for v in phantom.affine[:3, 3])
-    grid = f"{phantom.image.shape}|{phantom.affine.tolist()}"
-    seed = str(phantom.seed)
-    study_uid = generate_uid(entropy_srcs=[_UID_ROOT, seed, patient_id, "study"])
-    frame_uid = generate_uid(entropy_srcs=[_UID_ROOT, seed, grid, "frame-of-reference"])
-    if series_uid is None:
-        series_uid = generate_uid(
-            entropy_srcs=[_UID_ROOT, seed, grid, series_description, "series"]
-        )
-    date, time = "20240101", "120000"
-
-    paths: list[Path] = []
-    for k in range(nz):
-        sop_uid = generate_uid(entropy_srcs=[_UID_ROOT, str(series_uid), str(k), "instance"])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = date
-        ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = time
-        ds.AccessionNumber = ""
-        ds.Modality = "CT"
-        ds.Manufacturer = "medseg phantom"
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "medseg synthetic abdomen"
-        ds.SeriesDescription = series_description
-        ds.PatientName = f"Phantom^Seed{phantom.seed}"
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = ""
-        ds.PatientSex = "O"
-        ds.BodyPartExamined = "ABDOMEN"
-        ds.SliceThickness = _ds(sz)
-        ds.KVP = "120"
-        ds.PatientPosition = "HFS"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = 1
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [_ds(-ox), _ds(-oy), _ds(oz + k * sz)]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = _ds(oz + k * sz)
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = ny
-        ds.Columns = nx
-        ds.PixelSpacing = [_ds(sy), _ds(sx)]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        ds.WindowCenter = "40"
-        ds.WindowWidth = "400"
-        ds.RescaleIntercept = "-1024"
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
-        stored = np.clip(phantom.image[:, :, k].T.astype(np.int32) + 1024, 0, 4095)
-        ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
-        path = folder / f"{sop_uid}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def make_dataset(
@@ -922,40 +918,11 @@ def make_dataset(
     dataset.json are written over (other files are left as they are). ``seeds`` must be a
     non-empty list of distinct non-negative integers.
     """
-    from .errors import MedsegError
-    from .safety import ensure_writable
+    from .data import write_dataset_json
 
-    try:
-        raw = list(seeds)
-    except TypeError:
-        raise MedsegError(f"seeds {seeds!r}: expected a list of non-negative integers") from None
-    bad = [s for s in raw if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
-    if bad:
-        raise MedsegError(f"seeds: {bad[0]!r} is not an integer (expected non-negative integers such as 100-123)")
-    seeds = [int(s) for s in raw]
-    if not seeds:
-        raise MedsegError("seeds: no seeds given (expected at least one, e.g. 100-123)")
-    negative = [s for s in seeds if s < 0]
-    if negative:
-        raise MedsegError(f"seeds: {negative[0]} is negative; seeds must be 0 or more")
-    dups = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
-    if dups:
-        raise MedsegError(f"seeds: seed {dups[0]} is given twice (each seed is one case: none may come more than once)")
+    seeds = _check_seeds(seeds)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MedsegError(f"{out}: is a file, expected a dataset folder")
-    if not overwrite:
-        held = [p for p in (out / "dataset.json",) if p.exists()]
-        held += [d for d in (out / "imagesTr", out / "labelsTr") if d.is_dir() and any(d.iterdir())]
-        if held:
-            raise MedsegError(f"{out}: already holds a dataset ({held[0].name}); choose an empty folder, "
-                              f"or overwrite it (--overwrite)")
-    ensure_writable(out, folder=True)
-    for sub in ("imagesTr", "labelsTr"):
-        if (out / sub).exists() and not (out / sub).is_dir():
-            raise MedsegError(f"{out / sub}: is a file, expected a folder")
-    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+    _prepare_dataset_folder(out, overwrite)
     for seed in seeds:
         ph = make_phantom(seed, shape=shape, spacing=spacing)
         write_nifti(
@@ -972,5 +939,50 @@ def make_dataset(
         "numTraining": len(seeds),
         "file_ending": ".nii.gz",
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_dataset_json(out, meta)
     return out
+
+
+def _check_seeds(seeds: Iterable[int]) -> list[int]:
+    """``seeds`` as a non-empty list of distinct non-negative integers; a one-line error otherwise."""
+    from .errors import MedsegError
+
+    try:
+        raw = list(seeds)
+    except TypeError:
+        raise MedsegError(f"seeds {seeds!r}: expected a list of non-negative integers") from None
+    bad = [s for s in raw if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
+    if bad:
+        raise MedsegError(f"seeds: {bad[0]!r} is not an integer (expected non-negative integers such as 100-123)")
+    out = [int(s) for s in raw]
+    if not out:
+        raise MedsegError("seeds: no seeds given (expected at least one, e.g. 100-123)")
+    negative = [s for s in out if s < 0]
+    if negative:
+        raise MedsegError(f"seeds: {negative[0]} is negative; seeds must be 0 or more")
+    dups = sorted(s for s, n in collections.Counter(out).items() if n > 1)
+    if dups:
+        raise MedsegError(f"seeds: seed {dups[0]} is given twice (each seed is one case: none may come more than once)")
+    return out
+
+
+def _prepare_dataset_folder(out: Path, overwrite: bool) -> None:
+    """Create ``out/imagesTr`` and ``out/labelsTr``; refuse a file, an unwritable folder, or (unless
+    ``overwrite``) a folder that already holds a dataset."""
+    from .errors import MedsegError
+    from .safety import ensure_writable
+
+    if out.exists() and not out.is_dir():
+        raise MedsegError(f"{out}: is a file, expected a dataset folder")
+    if not overwrite:
+        held = [p for p in (out / "dataset.json",) if p.exists()]
+        held += [d for d in (out / "imagesTr", out / "labelsTr") if d.is_dir() and any(d.iterdir())]
+        if held:
+            raise MedsegError(f"{out}: already holds a dataset ({held[0].name}); choose an empty folder, "
+                              f"or overwrite it (--overwrite)")
+    ensure_writable(out, folder=True)
+    for sub in ("imagesTr", "labelsTr"):
+        if (out / sub).exists() and not (out / sub).is_dir():
+            raise MedsegError(f"{out / sub}: is a file, expected a folder")
+    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (out / "labelsTr").mkdir(parents=True, exist_ok=True)

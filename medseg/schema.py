@@ -5,7 +5,8 @@ travel with models and datasets and are edited by hand. :func:`validate_as` chec
 dict against a dataclass's type hints with pydantic (numbers must be finite; NaN and
 infinity are refused) and turns the first problem into a :class:`~medseg.errors.MedsegError`
 such as ``model.json: field 'preprocessing.window.1': Input should be a valid number (got 'x')``.
-:func:`read_json_object` reads the file itself with the same kind of message.
+:func:`read_json_object` (and :func:`read_json` for any JSON value) is the one place a JSON file
+is read: a missing or unreadable file is a one-line error naming it.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from .errors import MedsegError
 T = TypeVar("T")
 
 
-def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
-    """A JSON object read from ``path``; a one-line error for a missing, unreadable or non-object file."""
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The JSON value in ``path``; a one-line error naming the file for a missing or unreadable one.
+
+    NaN and infinity (which Python's json accepts but JSON does not) are refused.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -33,11 +37,17 @@ def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[s
     except (OSError, UnicodeDecodeError) as exc:
         raise MedsegError(f"{path}: unreadable {what} ({getattr(exc, 'strerror', None) or exc})") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise MedsegError(f"{path}: unreadable {what} ({exc})") from None
+
+
+def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
+    """A JSON object read from ``path`` (:func:`read_json`); a one-line error for a missing,
+    unreadable or non-object file."""
+    data = read_json(path, what)
     if not isinstance(data, dict):
-        raise MedsegError(f"{path}: {what} is not a JSON object (found {type(data).__name__})")
+        raise MedsegError(f"{Path(path)}: {what} is not a JSON object (found {type(data).__name__})")
     return data
 
 
@@ -88,4 +98,4 @@ def finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-__all__ = ["read_json_object", "validate_as", "field_name", "finite_number", "short_repr"]
+__all__ = ["read_json", "read_json_object", "validate_as", "field_name", "finite_number", "short_repr"]

@@ -1,7 +1,8 @@
 """Preprocessing shared by training and inference.
 
-- Orientation: scans are viewed in RAS axis order (a transpose and flips, no resampling), so
-  slices along the third axis are axial whatever order the file stores them in.
+- Orientation: scans are viewed in RAS axis order (:func:`medseg.geometry.canonical_view`, a
+  transpose and flips, no resampling), so slices along the third axis are axial whatever order
+  the file stores them in.
 - Intensity (per modality, MONAI ``ScaleIntensityRange``): CT clips a Hounsfield window and
   scales it to [0, 1]; MR scales the volume's own robust range (percentiles) to [0, 1].
 - In-plane resampling (MONAI ``Resize``) of batches of slices to the model's spacing and back.
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import MapTransform, Resize, ScaleIntensityRange
+
+from .geometry import canonical_spacing, canonical_view, grid_mismatch
 
 CT_DEFAULT = {"kind": "ct_window", "window": [-200.0, 300.0]}
 MR_DEFAULT = {"kind": "mr_percentiles", "percentiles": [0.5, 99.5]}
@@ -22,34 +24,6 @@ MR_DEFAULT = {"kind": "mr_percentiles", "percentiles": [0.5, 99.5]}
 
 def default_preprocessing(modality: str) -> dict[str, Any]:
     return dict(CT_DEFAULT if modality.upper() == "CT" else MR_DEFAULT)
-
-
-# ---------------------------------------------------------------------------------------------- orientation
-
-
-def canonical_view(array: np.ndarray, affine: np.ndarray, axcodes: str = "RAS"):
-    """View ``array`` in ``axcodes`` axis order (transpose and flips; shares memory).
-
-    Returns ``(view, ornt)``; :func:`from_canonical` with the same ``ornt`` restores the file's
-    order, and :func:`canonical_spacing` gives the view's voxel sizes.
-    """
-    ornt = nib.orientations.io_orientation(affine)
-    to_canon = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(tuple(axcodes)))
-    return nib.orientations.apply_orientation(array, to_canon), ornt
-
-
-def from_canonical(array: np.ndarray, ornt: np.ndarray, axcodes: str = "RAS") -> np.ndarray:
-    """Undo :func:`canonical_view`: ``array`` in ``axcodes`` order back to the file's order."""
-    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(tuple(axcodes)), ornt)
-    return nib.orientations.apply_orientation(array, back)
-
-
-def canonical_spacing(affine: np.ndarray, ornt: np.ndarray) -> np.ndarray:
-    """Voxel sizes (mm) along the canonical axes of :func:`canonical_view`."""
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    out = np.empty(3)
-    out[ornt[:, 0].astype(int)] = spacing  # file axis i becomes canonical axis ornt[i, 0] for RAS
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- intensity
@@ -118,23 +92,6 @@ def resize_slices(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
     return out.reshape(b, c, *size)
 
 
-def array_on_grid_of(reference, other) -> np.ndarray:
-    """``other``'s voxels in ``reference``'s axis order, for two scans on the same voxel grid.
-
-    Both are :class:`~medseg.io.Scan`; their files may store the grid in different axis orders
-    or flips. Raises :class:`~medseg.errors.MedsegError` naming ``other`` when the grids differ.
-    """
-    from .errors import MedsegError
-    from .io import grid_mismatch
-
-    why = grid_mismatch(reference, other)
-    if why is not None:
-        raise MedsegError(f"{other.source}: {why} of {reference.source.name}")
-    view, _ = canonical_view(other.array, other.affine)
-    _, ref_ornt = canonical_view(reference.array[:1, :1, :1], reference.affine)
-    return np.ascontiguousarray(from_canonical(view, ref_ornt))
-
-
 # ---------------------------------------------------------------------------------------------- training pipeline
 # MONAI dictionary transforms: the deterministic part (load, orient, scale, resample) is cached
 # once per case by ``CacheDataset``; the random part augments each 2D training slice.
@@ -156,7 +113,7 @@ class LoadCased(MapTransform):
 
     def __call__(self, data: dict) -> dict:
         from .errors import MedsegError
-        from .io import grid_mismatch, load_scan
+        from .io import load_scan
 
         d = dict(data)
         image = load_scan(d["image"], modality=self.modality)
@@ -189,19 +146,13 @@ class ToModelSpaced(MapTransform):
         self.label_values = list(label_values)
 
     def __call__(self, data: dict) -> dict:
-        from .errors import MedsegError
-        from .io import as_label_map
+        from .labels import check_label_map
 
         d = dict(data)
         view = d["image"]
-        lab = as_label_map(d["label"], d["label_path"]).astype(np.int64, copy=False)
-        present = np.flatnonzero(np.bincount(lab.ravel()))
-        undeclared = sorted(set(present.tolist()) - set(self.label_values))
-        if undeclared:
-            raise MedsegError(
-                f"{d['label_path']}: label values {undeclared} are not declared in the dataset's labels {self.label_values}"
-            )
-        lut = np.zeros(max(int(present.max(initial=0)), max(self.label_values)) + 1, dtype=np.uint8)
+        lab = check_label_map(d["label"], d["label_path"], self.label_values,
+                              declared_in="declared in the dataset's labels").astype(np.int64, copy=False)
+        lut = np.zeros(max(int(lab.max(initial=0)), max(self.label_values)) + 1, dtype=np.uint8)
         for c, v in enumerate(self.label_values):
             lut[v] = c
         size = target_size(view.shape[:2], d["spacing"], self.spacing)

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from medseg.display import default_contrast, label_colours, to_display
+from medseg.display import default_contrast, label_colours
+from medseg.geometry import to_display
 from medseg.io import Scan
+from medseg.naming import case_name
 
 SCAN_KEY = "medseg_scan"  # layer.metadata key: the source Scan (geometry for saving masks)
 NAMES_KEY = "medseg_labels"  # layer.metadata key: label name -> value
 
 
 def scan_name(scan: Scan) -> str:
-    src = Path(scan.source) if scan.source is not None else Path("scan")
-    name = src.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return case_name(scan.source if scan.source is not None else "scan")
 
 
 def image_layer(scan: Scan, name: str | None = None) -> tuple:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseg.io import NIFTI_SUFFIXES, SITK_SUFFIXES, load_scan, looks_like_dicom
+from medseg.dicom import looks_like_dicom
+from medseg.io import NIFTI_SUFFIXES, SITK_SUFFIXES, load_scan
 
 from ._layers import image_layer
 
@@ -25,7 +26,7 @@ def readable(path: Path) -> bool:
     name = path.name.lower()
     if name.endswith(tuple(NIFTI_SUFFIXES) + tuple(SITK_SUFFIXES)):
         return True
-    return path.is_file() and _is_dicom_file(path)
+    return path.is_file() and looks_like_dicom(path)  # what load_scan reads as one DICOM file
 
 
 def get_reader(path):

@@ -1,19 +1,16 @@
-"""Sample data: the bundled phantom CT (DICOM series) and its ground-truth labels."""
+"""Sample data: the packaged phantom CT (DICOM series, medseg.resources) and its ground-truth labels."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from medseg.io import load_scan
 from medseg.phantom import LABELS
-from medseg.transforms import array_on_grid_of
+from medseg.resources import SAMPLE_DICOM, SAMPLE_LABELS, sample_path
+from medseg.geometry import array_on_grid_of
 
 from ._layers import image_layer, labels_layer
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
-
 
 def phantom_ct() -> list[tuple]:
-    scan = load_scan(SAMPLE / "phantom_ct_dicom")
-    truth = array_on_grid_of(scan, load_scan(SAMPLE / "phantom_ct_labels.nii.gz"))
+    scan = load_scan(sample_path(SAMPLE_DICOM))
+    truth = array_on_grid_of(scan, load_scan(sample_path(SAMPLE_LABELS)))
     return [image_layer(scan, "phantom CT"), labels_layer(truth, scan, LABELS, "phantom CT ground truth")]

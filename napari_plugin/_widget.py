@@ -80,17 +80,34 @@ def _background(fn, *args, cancel: threading.Event | None = None, **kwargs):
     return result.get("value")
 
 
-def _segment_job(scan, model_path, device, progress):
-    from medseg.bundle import load_bundle
-    from medseg.display import display_shape
-    from medseg.inference import resolve_device, segment
+_PREDICTOR: dict = {}  # the last model prepared: (folder, files' mtimes, device) -> Predictor
+
+
+def _predictor(model_path, device):
+    """The prepared model for ``model_path`` on ``device``, built once and reused across clicks
+    (rebuilt when the bundle's files change on disk, e.g. after a fine-tune wrote over them)."""
+    from medseg.bundle import default_bundle_path
+    from medseg.inference import Predictor, resolve_device
 
     dev = resolve_device(device)
-    bundle = load_bundle(None if model_path in (None, "", DEFAULT_MODEL) else model_path, device=dev)
+    folder = Path(default_bundle_path() if model_path in (None, "", DEFAULT_MODEL) else model_path)
+    stamp = tuple(p.stat().st_mtime_ns for p in sorted(folder.glob("model.*")) if p.is_file())
+    key = (str(folder.resolve()), stamp, str(dev))
+    if key not in _PREDICTOR:
+        predictor = Predictor.from_folder(folder, dev)
+        _PREDICTOR.clear()
+        _PREDICTOR[key] = predictor
+    return _PREDICTOR[key]
+
+
+def _segment_job(scan, model_path, device, progress):
+    from medseg.geometry import display_shape
+
+    predictor = _predictor(model_path, device)
     entropy = np.zeros(display_shape(scan.shape, scan.affine)[0], dtype=np.float32)  # one per axial slice
     notes: list[str] = []  # medseg's doubts about the scan (e.g. intensities outside the training range)
-    labels = segment(scan, bundle, device=dev, progress=progress, uncertainty=entropy, on_warning=notes.append)
-    return labels, entropy, bundle.card.labels, bundle.card.name, notes
+    labels = predictor.predict_scan(scan, progress=progress, uncertainty=entropy, on_warning=notes.append)
+    return labels, entropy, predictor.card.labels, predictor.card.name, notes
 
 
 def _fine_tune_job(dataset, run_dir, init, epochs, steps, device, progress):
@@ -121,10 +138,19 @@ class SegmentWidget(QWidget):
         self.prediction: Labels | None = None
         self.corrected: Labels | None = None
 
+        self._make_controls()
+        self._lay_out()
+        self.dataset_dir: Path | None = None
+
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._refresh_images)
+        self._refresh_images()
+
+    def _make_controls(self) -> None:
         self.image_box = QComboBox()
         self.model_edit = QLineEdit(DEFAULT_MODEL)
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse_model)
+        self.browse_button = QPushButton("Browse…")
+        self.browse_button.clicked.connect(self._browse_model)
         self.device_box = QComboBox()
         self.device_box.addItems(["auto", "cpu", "cuda"])
         self.window_box = QComboBox()
@@ -142,22 +168,22 @@ class SegmentWidget(QWidget):
         self.review.itemClicked.connect(self._jump)
         self.label_box = QComboBox()
         self.label_box.currentIndexChanged.connect(self._pick_label)
-        save = QPushButton("Save mask…")
-        save.clicked.connect(self._save_dialog)
-        add = QPushButton("Add to training set…")
-        add.clicked.connect(self._add_dialog)
+        self.save_button = QPushButton("Save mask…")
+        self.save_button.clicked.connect(self._save_dialog)
+        self.add_button = QPushButton("Add to training set…")
+        self.add_button.clicked.connect(self._add_dialog)
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 500)
         self.epochs.setValue(10)
-        tune = QPushButton("Fine-tune")
-        tune.clicked.connect(self._fine_tune_dialog)
-        self.dataset_dir: Path | None = None
+        self.tune_button = QPushButton("Fine-tune")
+        self.tune_button.clicked.connect(self._fine_tune_dialog)
 
+    def _lay_out(self) -> None:
         form = QFormLayout()
         form.addRow("image", self.image_box)
         row = QHBoxLayout()
         row.addWidget(self.model_edit)
-        row.addWidget(browse)
+        row.addWidget(self.browse_button)
         form.addRow("model", row)
         form.addRow("device", self.device_box)
         form.addRow("CT window", self.window_box)
@@ -174,17 +200,13 @@ class SegmentWidget(QWidget):
         paint = QFormLayout()
         paint.addRow("paint label", self.label_box)
         layout.addLayout(paint)
-        layout.addWidget(save)
-        layout.addWidget(add)
+        layout.addWidget(self.save_button)
+        layout.addWidget(self.add_button)
         tune_row = QHBoxLayout()
         tune_row.addWidget(QLabel("epochs"))
         tune_row.addWidget(self.epochs)
-        tune_row.addWidget(tune)
+        tune_row.addWidget(self.tune_button)
         layout.addLayout(tune_row)
-
-        self.viewer.layers.events.inserted.connect(self._refresh_images)
-        self.viewer.layers.events.removed.connect(self._refresh_images)
-        self._refresh_images()
 
     # ------------------------------------------------------------------ helpers
 

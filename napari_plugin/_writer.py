@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.display import display_shape, from_display
+from medseg.geometry import display_shape, from_display
 from medseg.errors import MedsegError
 from medseg.io import save_mask
+from medseg.labels import check_label_map
 
 from ._layers import SCAN_KEY
 
@@ -22,8 +23,7 @@ def labels_in_scan_order(data: np.ndarray, metadata: dict, name: str = "labels")
     expect = display_shape(scan.shape, scan.affine)
     if data.shape != tuple(expect):
         raise MedsegError(f"layer '{name}': shape {data.shape} does not match its scan {scan.source} ({expect})")
-    if data.dtype.kind == "f" or (data.size and data.min() < 0):
-        raise MedsegError(f"layer '{name}': label values must be non-negative integers")
+    data = check_label_map(data, f"layer '{name}'")
     return from_display(data, scan.affine), scan
 
 

@@ -6,7 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
-SAMPLE = ROOT / "sample_data"
+SAMPLE = ROOT / "medseg" / "resources"  # the packaged sample case and model (`sample_data` links here)
 
 
 @pytest.fixture(scope="session")

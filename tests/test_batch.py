@@ -46,6 +46,7 @@ def _rows(out):
     return {r["case"]: r for r in csv.DictReader(open(out / "summary.csv"))}
 
 
+@pytest.mark.slow
 def test_mixed_folder_isolates_bad_files(mixed, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in mixed.iterdir()}
     out = tmp_path / "out"
@@ -88,6 +89,7 @@ def test_mixed_folder_isolates_bad_files(mixed, tmp_path):
     assert [_rows(out)[n]["status"] for n in ("case61.nii.gz", "dicom_case")] == ["done", "done"]
 
 
+@pytest.mark.slow
 def test_killed_run_finishes_on_rerun(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     _good(src, range(70, 76))
@@ -111,6 +113,7 @@ def test_killed_run_finishes_on_rerun(tmp_path):
     assert not [p.name for p in out.iterdir() if ".partial" in p.name]
 
 
+@pytest.mark.slow
 def test_recursive_pattern_and_empty(tmp_path):
     src = tmp_path / "in"
     _good(src, [80])
@@ -127,6 +130,7 @@ def test_recursive_pattern_and_empty(tmp_path):
     assert r.returncode == 1 and "no scans found" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_two_ranks_split_the_work(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     _good(src, range(90, 95))

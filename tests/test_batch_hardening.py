@@ -70,6 +70,7 @@ def _fail_mask_raises(monkeypatch, case):
 
 @pytest.mark.parametrize("fault", [_fail_preview_raises, _fail_preview_is_dir, _fail_mask_raises],
                          ids=["preview-raises", "preview-is-a-folder", "mask-write-fails"])
+@pytest.mark.slow
 def test_failed_case_leaves_no_output_and_is_redone(bundle, tmp_path, monkeypatch, fault):
     src, out = tmp_path / "in", tmp_path / "out"
     _scan(src / "a.nii.gz", 1)
@@ -102,6 +103,7 @@ def test_failed_case_leaves_no_output_and_is_redone(bundle, tmp_path, monkeypatc
     assert hash_tree(src) == before
 
 
+@pytest.mark.slow
 def test_resume_needs_every_output(bundle, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     for s in (3, 4, 5):
@@ -124,6 +126,7 @@ def test_resume_needs_every_output(bundle, tmp_path):
 # ------------------------------------------------------------------------------ symbolic links
 
 
+@pytest.mark.slow
 def test_symlink_loops_visit_each_real_folder_once(bundle, tmp_path):
     src, out, outside = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
     _scan(src / "top.nii.gz", 10)
@@ -151,6 +154,7 @@ def test_symlink_loops_visit_each_real_folder_once(bundle, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["file", "folder", "self-loop"])
+@pytest.mark.slow
 def test_dangling_links_are_reported_as_skipped(bundle, tmp_path, kind):
     src, out = tmp_path / "in", tmp_path / "out"
     _scan(src / "good.nii.gz", 20)
@@ -193,6 +197,7 @@ def _collide_file_and_dicom(src: Path) -> tuple[set[str], str]:
 
 
 @pytest.mark.parametrize("make", [_collide_nii_and_niigz, _collide_file_and_dicom], ids=["nii+nii.gz", "file+dicom"])
+@pytest.mark.slow
 def test_colliding_outputs_fail_those_cases_only(bundle, tmp_path, make):
     src, out = tmp_path / "in", tmp_path / "out"
     colliding, mask = make(src)
@@ -214,6 +219,7 @@ def test_colliding_outputs_fail_those_cases_only(bundle, tmp_path, make):
     assert hash_tree(src) == before
 
 
+@pytest.mark.slow
 def test_cli_collision_exit_code_and_summary(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     _scan(src / "a.nii", 40)
@@ -243,9 +249,10 @@ def no_segmenting(monkeypatch):
 
     def forbidden(*args, **kwargs):
         calls.append(args)
-        raise AssertionError("segment must not be called")
+        raise AssertionError("no model may be prepared or used")
 
-    monkeypatch.setattr(inference_mod, "segment", forbidden)
+    monkeypatch.setattr(inference_mod.Predictor, "__init__", forbidden)
+    monkeypatch.setattr(inference_mod.Predictor, "predict_scan", forbidden)
     return calls
 
 
@@ -284,6 +291,7 @@ def test_unwritable_output_refused_before_any_work(bundle, tmp_path, no_segmenti
     assert hash_tree(src) == before
 
 
+@pytest.mark.slow
 def test_cli_unwritable_output_one_line(tmp_path):
     src = tmp_path / "in"
     _scan(src / "a.nii.gz", 52)
@@ -309,6 +317,7 @@ def test_input_link_into_output_folder_is_never_overwritten(bundle, tmp_path, no
     assert hash_tree(src) == before_in and hash_tree(out) == before_out
 
 
+@pytest.mark.slow
 def test_output_that_is_another_input_fails_that_case(bundle, tmp_path):
     # INPUT_DIR inside OUTPUT_DIR with --pattern '*': in/scans/y.nii.gz -> OUT/scans/y.nii.gz, which
     # is the input in/y.nii.gz; and a file named like a mask of a DICOM folder
@@ -366,18 +375,19 @@ def _prefetch_thread_raises(monkeypatch):
 
 
 def _segment_raises(monkeypatch):
-    real = inference_mod.segment
+    real = inference_mod.Predictor.predict_scan
 
-    def seg(scan, *args, **kwargs):
+    def seg(self, scan, *args, **kwargs):
         if Path(str(scan.source)).name == "bad.nii.gz":
             raise RuntimeError("CUDA error: an illegal memory access\nmore")
-        return real(scan, *args, **kwargs)
+        return real(self, scan, *args, **kwargs)
 
-    monkeypatch.setattr(inference_mod, "segment", seg)
+    monkeypatch.setattr(inference_mod.Predictor, "predict_scan", seg)
 
 
 @pytest.mark.parametrize("fault", [_load_raises, _prefetch_thread_raises, _segment_raises],
                          ids=["load", "prefetch-thread", "segment"])
+@pytest.mark.slow
 def test_unexpected_errors_become_failed_rows(bundle, tmp_path, monkeypatch, fault):
     src, out = tmp_path / "in", tmp_path / "out"
     for name, seed in (("a.nii.gz", 70), ("bad.nii.gz", 71), ("c.nii.gz", 72)):

@@ -24,6 +24,7 @@ def medseg(*args, cwd=None):
     )
 
 
+@pytest.mark.slow
 def test_segment_sample_dicom_writes_mask_in_scan_geometry(tmp_path):
     out = tmp_path / "mask.nii.gz"
     r = medseg("segment", SAMPLE_DICOM, "-o", out, "--reference", SAMPLE_LABELS)
@@ -42,6 +43,7 @@ def test_segment_sample_dicom_writes_mask_in_scan_geometry(tmp_path):
     assert "mL" in r.stdout and "Dice" in r.stdout
 
 
+@pytest.mark.slow
 def test_segment_nifti_matches_dicom(tmp_path):
     r1 = medseg("segment", SAMPLE_NIFTI, "-o", tmp_path / "a.nii.gz")
     r2 = medseg("segment", SAMPLE_DICOM, "-o", tmp_path / "b.nii.gz")
@@ -78,6 +80,7 @@ def _bad_inputs(tmp_path, shared):
     return cases
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line_errors(tmp_path, request):
     from conftest import SHARED
 
@@ -94,6 +97,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, request):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+@pytest.mark.slow
 def test_output_errors(tmp_path):
     r = medseg("segment", SAMPLE_NIFTI, "-o", SAMPLE_NIFTI)
     assert r.returncode == 1 and "refusing to write over the scan" in r.stderr
@@ -108,7 +112,19 @@ def test_info(tmp_path):
     assert r.returncode == 0 and "LPS" in r.stdout and "CT" in r.stdout
 
 
+def test_version():
+    from importlib.metadata import version
+
+    import medseg as package
+
+    r = medseg("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"medseg {package.__version__}\n"
+    assert version("medseg") == package.__version__  # the installed metadata reads the same one source
+
+
 @pytest.mark.parametrize("name", ["real_ct_dicom", "ct_abdomen_3mm.nii.gz", "mr_3mm_lps.nii.gz"])
+@pytest.mark.slow
 def test_segment_real_scans_keeps_geometry(shared_data, tmp_path, name):
     out = tmp_path / "mask.nii.gz"
     r = medseg("segment", shared_data / name, "-o", out)
@@ -119,6 +135,7 @@ def test_segment_real_scans_keeps_geometry(shared_data, tmp_path, name):
     np.testing.assert_allclose(mask.affine, scan.affine, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_modality_mismatch_from_cli(shared_data, tmp_path):
     r = medseg("segment", shared_data / "mr_3mm_lps.nii.gz", "-o", tmp_path / "m.nii.gz", "--modality", "MR")
     assert r.returncode == 1 and "is for CT but the scan is MR" in r.stderr

@@ -89,6 +89,7 @@ def test_bad_dataset_json_is_one_line_naming_file_and_field(base, tmp_path, name
     assert hashes(root) == before
 
 
+@pytest.mark.slow
 def test_bad_dataset_json_through_the_cli(base, tmp_path):
     root = _with_meta(base, tmp_path / "ds", labels={"background": 0, "liver": 1, "spleen": 1})
     before = hashes(root)
@@ -145,6 +146,31 @@ def test_bad_dataset_json_refused_by_add_case(base, tmp_path):
     with pytest.raises(MedsegError, match=r"dataset.json: field 'labels.liver': region-based labels"):
         add_case(root, scan, ph.labels, LABELS)
     assert hashes(root) == before
+
+
+def test_add_case_checks_the_mask_and_keeps_the_dataset_consistent(base, tmp_path):
+    from medseg.io import load_scan
+
+    root = _with_meta(base, tmp_path / "ds")
+    ph = make_phantom(3, shape=SHAPE, spacing=SPACING)
+    write_nifti(ph, tmp_path / "new_0000.nii.gz", None)
+    scan = load_scan(tmp_path / "new_0000.nii.gz")
+    before = hashes(root)
+    bad = ph.labels.copy()
+    bad[0, 0, 0] = 42
+    with pytest.raises(MedsegError) as info:
+        add_case(root, scan, bad, LABELS)
+    assert str(info.value).startswith(f"{scan.source}: label values [42] are not among the labels (0=background")
+    with pytest.raises(MedsegError, match="negative label values"):
+        add_case(root, scan, ph.labels.astype("int16") - 1, LABELS)
+    assert hashes(root) == before  # nothing written
+    case = add_case(root, scan, ph.labels.astype("float32"), LABELS)  # whole floats are a label map
+    assert case.name == "new_0000" and case.label.name == "new_0000.nii.gz"  # named after the file, suffix kept
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["numTraining"] == 3 and meta["labels"] == LABELS
+    idx = check_dataset(root)
+    assert idx.problems == [] and "new_0000" in [c.name for c in idx.cases]
+    assert not [p for p in root.rglob(".*")]  # no temporary files left
 
 
 # ---------------------------------------------------------------------------------------------- messages

@@ -22,7 +22,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import RLELossless, SecondaryCaptureImageStorage, generate_uid
 
 from medseg.errors import MedsegError
-from medseg.io import find_dicom_series, load_scan
+from medseg.dicom import find_dicom_series
+from medseg.io import load_scan
 from medseg.phantom import make_phantom, write_dicom_series
 
 SHAPE = (24, 20, 10)

@@ -264,6 +264,7 @@ def medseg(*args, cwd=None):
     )
 
 
+@pytest.mark.slow
 def test_cli_evaluate_folders_prints_table_and_writes_reports(folders, tmp_path):
     pred_dir, ref_dir = folders
     r = medseg("evaluate", pred_dir, ref_dir, "-o", tmp_path / "out")
@@ -274,6 +275,7 @@ def test_cli_evaluate_folders_prints_table_and_writes_reports(folders, tmp_path)
     assert (tmp_path / "out" / "evaluation.csv").is_file() and (tmp_path / "out" / "evaluation.json").is_file()
 
 
+@pytest.mark.slow
 def test_cli_evaluate_failure_exits_1_after_writing_reports(folders):
     pred_dir, ref_dir = folders
     _save(_maps()[1], ref_dir / "c.nii.gz")  # reference without a prediction
@@ -288,6 +290,7 @@ def test_cli_evaluate_failure_exits_1_after_writing_reports(folders):
     assert report["cases"][0]["labels"]["liver"]["hd95"] is None  # --no-hd95
 
 
+@pytest.mark.slow
 def test_cli_evaluate_usage_errors(folders):
     pred_dir, ref_dir = folders
     for args in ((), (pred_dir,), (pred_dir, ref_dir, "--model", SAMPLE / "model"), ("--model", SAMPLE / "model")):

@@ -119,6 +119,7 @@ def test_garbage_scan_through_the_cli_writes_nothing(tmp_path, phantom):
     assert hash_tree(tmp_path) == before  # no output, no temporary file, input untouched
 
 
+@pytest.mark.slow
 def test_partly_nan_scan_is_segmented_with_nan_as_background(bundle, phantom):
     clean = _scan(phantom.image.astype(np.float32))
     noisy = phantom.image.astype(np.float32)
@@ -138,6 +139,7 @@ def test_partly_nan_scan_is_segmented_with_nan_as_background(bundle, phantom):
     assert len(notes) == 1 and "not finite" in notes[0] and "scan.nii.gz" in notes[0]
 
 
+@pytest.mark.slow
 def test_out_of_range_intensities_warn_but_in_range_do_not(bundle, phantom):
     notes: list[str] = []
     segment(_scan(phantom.image), bundle, on_warning=notes.append)
@@ -428,6 +430,7 @@ def test_phantom_refuses_an_existing_dataset_unless_overwrite(tmp_path):
 # ---------------------------------------------------------------------------------------------- child processes
 
 
+@pytest.mark.slow
 def test_cli_process_exit_codes_and_clean_stderr(tmp_path, phantom):
     """As a user runs it: exit 1, one line, no traceback, no third-party warning."""
     nan = tmp_path / "nan.nii.gz"
@@ -454,6 +457,7 @@ def test_cli_process_exit_codes_and_clean_stderr(tmp_path, phantom):
             assert len(lines) == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_leaves_its_inputs_alone(tmp_path):
     from medseg.phantom import make_dataset
 
@@ -478,6 +482,7 @@ def test_evaluate_leaves_its_inputs_alone(tmp_path):
     assert hash_tree(ds, model) == before
 
 
+@pytest.mark.slow
 def test_batch_records_doubts_per_case(tmp_path, phantom):
     src = tmp_path / "in"
     src.mkdir()

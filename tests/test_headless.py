@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_core_imports_with_qt_and_napari_blocked():
     code = (
         "import sys\n"

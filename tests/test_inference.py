@@ -1,5 +1,8 @@
 """Slice-wise inference: geometry back on the scan's own grid, streaming, any callable."""
 
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,13 @@ from medseg.bundle import Bundle, ModelCard
 from medseg.errors import MedsegError
 from medseg.inference import predict_volume, resolve_device, segment
 from medseg.io import Scan, load_scan
-from medseg.transforms import canonical_view
+
+
+class Shared(list):
+    """A record that survives the deep copy a Predictor makes of its model (the copy records here too)."""
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 class Threshold(torch.nn.Module):
@@ -17,7 +26,7 @@ class Threshold(torch.nn.Module):
     def __init__(self, level=0.5):
         super().__init__()
         self.level = level
-        self.batches = []
+        self.batches = Shared()
 
     def forward(self, x):
         self.batches.append(tuple(x.shape))
@@ -43,14 +52,16 @@ def test_label_map_lands_on_the_scan_grid(shared_data, name):
     scan = load_scan(shared_data / name)
     spacing = scan.spacing
     model = Threshold()
-    view, ornt = canonical_view(scan.array, scan.affine)
     card = _card((spacing[0], spacing[1]))
     labels = segment(scan, Bundle(card, model), device="cpu", batch_size=4)
     lo, hi = float(scan.array.min()), float(scan.array.max())
     expected = np.where((scan.array - lo) / (hi - lo) > 0.5, 3, 0)
     assert labels.shape == scan.shape and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, expected)
-    assert all(b[0] <= 4 and b[1] == 3 for b in model.batches)  # batches of <= 4 slices, 3 channels
+    # every slice went through the model, in batches of <= 4 slices with 3 channels (1 neighbour each side)
+    axial = scan.shape[[code in "SI" for code in scan.axcodes].index(True)]
+    assert sum(b[0] for b in model.batches) == axial
+    assert model.batches and all(b[0] <= 4 and b[1] == 3 for b in model.batches)
 
 
 def test_resampling_keeps_alignment(shared_data):
@@ -90,7 +101,7 @@ def test_progress_is_reported():
 
 
 def test_modality_mismatch_is_refused():
-    scan = Scan(np.zeros((4, 4, 4), np.int16), np.eye(4), source=__import__("pathlib").Path("x.nii"), modality="MR")
+    scan = Scan(np.zeros((4, 4, 4), np.int16), np.eye(4), source=Path("x.nii"), modality="MR")
     with pytest.raises(MedsegError, match="is for CT but the scan is MR"):
         segment(scan, Bundle(_card((1, 1), modality="CT"), Threshold()))
 
@@ -120,3 +131,98 @@ def test_batch_norm_folding_keeps_outputs():
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), net(x), atol=1e-4, rtol=1e-4)
     assert inference_model(net.train()) is net  # training mode: no folding
+
+
+def _stack_volume(depth):
+    """A (6, 5, depth) volume whose slice z holds the constant z."""
+    return np.broadcast_to(np.arange(depth, dtype=np.float32), (6, 5, depth)).copy()
+
+
+def _channels_fed(volume, context, batch_size):
+    """The inputs ``predict_volume`` feeds the model, as slice numbers: (depth, 2 * context + 1)."""
+    depth = volume.shape[2]
+    seen = []
+
+    def record(x):
+        seen.append(x.numpy().copy())
+        return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+
+    predict_volume(volume, (1.0, 1.0), record, intensity=(0.0, depth - 1.0), target_spacing=(1.0, 1.0),
+                   context=context, batch_size=batch_size)
+    x = np.concatenate(seen) * (depth - 1)
+    assert np.allclose(x, x[:, :, :1, :1], atol=1e-5)  # each channel is one whole slice
+    return np.rint(x[:, :, 0, 0]).astype(int)
+
+
+@pytest.mark.parametrize("context,batch_size", [(1, 3), (2, 4), (2, 1), (0, 5)])
+def test_neighbour_channels_run_inferior_to_superior_and_clamp_at_the_ends(context, batch_size):
+    depth = 7
+    got = _channels_fed(_stack_volume(depth), context, batch_size)
+    assert got.shape == (depth, 2 * context + 1)
+    for z in range(depth):
+        assert got[z].tolist() == [min(max(z - context + j, 0), depth - 1) for j in range(2 * context + 1)], z
+    if context == 2:  # the ends spelled out
+        assert got[0].tolist() == [0, 0, 0, 1, 2] and got[-1].tolist() == [4, 5, 6, 6, 6]
+
+
+def test_neighbour_channels_follow_anatomy_not_storage_order():
+    """A scan stored superior -> inferior: the model still sees its neighbours inferior first."""
+    depth = 5
+    stored = _stack_volume(depth)  # stored slice k holds k; affine axis 2 points inferior
+    affine = np.diag([1.0, 1.0, -1.0, 1.0])
+    scan = Scan(stored, affine, source=Path("reversed.nii"), modality="MR")
+    fed = Shared()
+
+    class Record(torch.nn.Module):
+        def forward(self, x):
+            fed.append(x.numpy().copy())
+            return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+
+    segment(scan, Bundle(_card((1.0, 1.0), context=1), Record()), device="cpu", batch_size=2,
+            on_warning=lambda message: None)
+    got = np.rint(np.concatenate(fed)[:, :, 0, 0] * (depth - 1)).astype(int)
+    # canonical slice z (inferior first) is stored slice depth-1-z; neighbours are ordered inferior -> superior
+    expected = [[depth - 1 - min(max(z - 1 + j, 0), depth - 1) for j in range(3)] for z in range(depth)]
+    assert got.tolist() == expected
+    assert got[0].tolist() == [4, 4, 3] and got[-1].tolist() == [1, 0, 0]
+
+
+def _uncertainty_of(logits_for_slice, depth):
+    """``predict_volume``'s per-slice uncertainty when slice z gets ``logits_for_slice(z, shape)``."""
+    volume = _stack_volume(depth)
+
+    def model(x):
+        zs = np.rint(x[:, 0, 0, 0].numpy() * (depth - 1)).astype(int)
+        return torch.stack([logits_for_slice(int(z), x.shape[-2:]) for z in zs])
+
+    unc = np.full(depth, np.nan)
+    predict_volume(volume, (1.0, 1.0), model, intensity=(0.0, depth - 1.0), target_spacing=(1.0, 1.0),
+                   batch_size=2, uncertainty=unc)
+    return unc
+
+
+def test_uncertainty_is_the_mean_normalised_entropy_per_slice():
+    log3 = math.log(3.0)
+
+    def logits(z, shape):
+        two = torch.zeros(2, *shape)
+        if z == 0:  # one-hot confident
+            two[0] = 100.0
+        elif z == 2:  # logits (0, log 3): p = (0.25, 0.75)
+            two[1] = log3
+        elif z == 3:  # half the pixels confident, half uniform: mean 0.5
+            two[0, : shape[0] // 2] = 100.0
+        return two  # z == 1: uniform (all zeros)
+
+    unc = _uncertainty_of(logits, 4)
+    known = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2.0)
+    assert known == pytest.approx(0.8113, abs=1e-4)
+    np.testing.assert_allclose(unc, [0.0, 1.0, known, 0.5], atol=1e-5)
+
+
+def test_uncertainty_is_normalised_by_the_number_of_classes():
+    unc = _uncertainty_of(lambda z, shape: torch.zeros(5, *shape), 3)  # uniform over 5 classes
+    np.testing.assert_allclose(unc, [1.0, 1.0, 1.0], atol=1e-6)
+    # p = (0.5, 0.5, 0, 0): entropy log 2 of log 4
+    unc = _uncertainty_of(lambda z, shape: torch.tensor([0.0, 0.0, -200.0, -200.0])[:, None, None].expand(4, *shape), 3)
+    np.testing.assert_allclose(unc, [0.5, 0.5, 0.5], atol=1e-6)

@@ -13,12 +13,12 @@ pytest.importorskip("pytestqt", reason="pytest-qt is not installed (pip install 
 if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
     pytest.skip("no display for napari's OpenGL canvas: run the tests under xvfb-run", allow_module_level=True)
 
-from medseg.display import from_display, to_display  # noqa: E402
+from medseg.geometry import from_display, to_display  # noqa: E402
 from medseg.io import load_scan  # noqa: E402
 from medseg.phantom import LABELS  # noqa: E402
-from napari_plugin import _widget  # noqa: E402
-from napari_plugin._reader import get_reader  # noqa: E402
-from napari_plugin._widget import SegmentWidget  # noqa: E402
+from medseg_napari import _widget  # noqa: E402
+from medseg_napari._reader import get_reader  # noqa: E402
+from medseg_napari._widget import SegmentWidget  # noqa: E402
 
 ORGANS = ("liver", "spleen", "kidney_right", "kidney_left")
 
@@ -63,16 +63,54 @@ def test_reader_declines_what_it_cannot_read(tmp_path):
     assert get_reader(str(tmp_path)) is None  # a folder without DICOM files
     assert get_reader([str(SAMPLE / "phantom_ct.nii.gz"), str(SAMPLE / "phantom_ct.nii.gz")]) is None
     assert get_reader(str(SAMPLE / "phantom_ct_dicom")) is not None
+    (tmp_path / "fake.dcm").write_bytes(b"\0" * 200)  # named like DICOM, no DICM preamble
+    assert get_reader(str(tmp_path / "fake.dcm")) is None
 
 
-def test_manifest_is_discovered():
+def _plugin_manager():
     import npe2
 
     pm = npe2.PluginManager.instance()
     pm.discover()
-    manifest = pm.get_manifest("medseg")
+    return pm
+
+
+def test_manifest_is_discovered_and_valid():
+    import npe2
+
+    import medseg_napari
+
+    manifest = _plugin_manager().get_manifest("medseg")
     kinds = manifest.contributions
     assert kinds.readers and kinds.writers and kinds.widgets and kinds.sample_data
+    assert {c.python_name.split(".")[0] for c in kinds.commands} == {"medseg_napari"}
+    # what `npe2 validate medseg --imports` checks: the installed manifest, every python_name importable
+    installed = npe2.PluginManifest.from_distribution("medseg")
+    installed.validate_imports()
+    assert installed == npe2.PluginManifest.from_file(os.path.join(os.path.dirname(medseg_napari.__file__), "napari.yaml"))
+
+
+def test_reader_patterns_claim_scan_formats_only(tmp_path):
+    """npe2 offers our reader the formats medseg reads and any folder (get_reader then looks for
+    DICOM), never other files: no "*" pattern, so a .png or .tif is not ours to open."""
+    import shutil
+
+    pm = _plugin_manager()
+
+    def ours(path) -> bool:
+        return "medseg" in {r.plugin_name for r in pm.iter_compatible_readers([str(path)])}
+
+    dicom = tmp_path / "Series 3 (abdomen)"  # a DICOM folder of any name
+    shutil.copytree(SAMPLE / "phantom_ct_dicom", dicom)
+    one = next(dicom.iterdir())
+    shutil.copy(one, tmp_path / "IM0001.IMA")
+    for name in ("scan.nii", "scan.nii.gz", "SCAN.NII.GZ", "scan.nrrd", "scan.nhdr", "scan.mha", "scan.mhd",
+                 "x.dcm", "X.DCM", "x.dicom", "x.ima"):
+        assert ours(tmp_path / name), name
+    assert ours(dicom) and ours(one) and ours(tmp_path / "IM0001.IMA")
+    for name in ("photo.png", "cells.tif", "stack.tiff", "table.csv", "array.npy", "notes"):
+        assert not ours(tmp_path / name), name
+    assert get_reader(str(dicom)) is not None and get_reader(str(tmp_path / "IM0001.IMA")) is not None
 
 
 def _segmented(make_napari_viewer, qtbot):
@@ -86,6 +124,7 @@ def _segmented(make_napari_viewer, qtbot):
     return viewer, widget
 
 
+@pytest.mark.slow
 def test_segment_widget_on_the_sample(make_napari_viewer, qtbot):
     viewer, widget = _segmented(make_napari_viewer, qtbot)
     image, truth = viewer.layers["phantom CT"], viewer.layers["phantom CT ground truth"]
@@ -117,6 +156,7 @@ def test_segment_widget_on_the_sample(make_napari_viewer, qtbot):
     assert widget.corrected.selected_label == 2
 
 
+@pytest.mark.slow
 def test_painted_correction_saved_and_reread(make_napari_viewer, qtbot, tmp_path):
     viewer, widget = _segmented(make_napari_viewer, qtbot)
     layer = widget.corrected
@@ -154,6 +194,7 @@ class _capture_errors:
         _widget.show_error = self.old
 
 
+@pytest.mark.slow
 def test_add_to_training_set_and_fine_tune(make_napari_viewer, qtbot, tmp_path):
     from medseg.bundle import load_bundle
     from medseg.data import check_dataset
@@ -212,12 +253,15 @@ def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tmp_path):
     broken.mkdir()
     (broken / "a.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     reader = get_reader(str(broken))
-    with pytest.raises(Exception, match="broken"):
+    from medseg.errors import MedsegError
+
+    with pytest.raises(MedsegError, match=r"a\.dcm: not a readable DICOM file \(truncated or not DICOM") as err:
         reader(str(broken))
+    assert "\n" not in str(err.value)
 
 
 def test_sample_data_layers_align():
-    from napari_plugin._sample_data import phantom_ct
+    from medseg_napari._sample_data import phantom_ct
 
     (img, img_kw, kind1), (lab, lab_kw, kind2) = phantom_ct()
     assert (kind1, kind2) == ("image", "labels") and img.shape == lab.shape
@@ -225,6 +269,7 @@ def test_sample_data_layers_align():
     assert set(np.unique(lab)) == set(LABELS.values())
 
 
+@pytest.mark.slow
 def test_widget_shows_intensity_doubts_and_refuses_garbage(make_napari_viewer, qtbot, tmp_path):
     """A CT stored without its rescale intercept is segmented with a warning in the status; a scan
     with no finite voxel is refused with medseg's one-line message, and no layer is added."""

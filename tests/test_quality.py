@@ -22,6 +22,7 @@ def bundle():
 
 
 @pytest.mark.parametrize("seed", [2024, 31337])
+@pytest.mark.slow
 def test_dice_on_unseen_phantom(bundle, seed):
     ph = make_phantom(seed)  # seeded random spacing and position, different anatomy
     scan = Scan(ph.image, ph.affine, source=Path(f"phantom-{seed}"), modality="CT")
@@ -31,6 +32,7 @@ def test_dice_on_unseen_phantom(bundle, seed):
         assert dice[organ] >= 0.90, (seed, organ, dice)
 
 
+@pytest.mark.slow
 def test_prediction_does_not_depend_on_storage_order(bundle):
     """The same phantom stored RAS instead of LPS gives the same mask in world space."""
     ph = make_phantom(2025, shape=(128, 128, 40), spacing=(3.0, 3.0, 5.5))

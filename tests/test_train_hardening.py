@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from medseg.errors import MedsegError
 from medseg.phantom import make_dataset
-from medseg.training import TrainConfig, make_optimizer, onecycle_pct_start, train
+from medseg.config import TrainConfig, make_optimizer, onecycle_pct_start
+from medseg.training import train
 
 SCHEDULES = ["onecycle", "cosine", "poly", "constant"]
 SHAPE, SPACING = (32, 32, 8), (10.0, 10.0, 20.0)
@@ -98,6 +99,7 @@ def test_schedule_property_for_epoch_step_pairs(epochs, steps, schedule):
 
 
 @pytest.mark.parametrize("epochs,steps", [(2, 5), (1, 10)])
+@pytest.mark.slow
 def test_short_onecycle_runs_train(dataset, tmp_path, epochs, steps):
     before = hashes(dataset)
     bundle = train(dataset, tmp_path / "run", tiny_cfg(epochs=epochs, steps_per_epoch=steps))
@@ -127,6 +129,7 @@ def _bad_label_dataset(root: Path, kind: str) -> Path:
 
 
 @pytest.mark.parametrize("kind,expect", [("float", "not whole numbers"), ("negative", "negative label values")])
+@pytest.mark.slow
 def test_bad_labels_exit_cleanly(tmp_path, kind, expect):
     """Regression: the error was printed, then the process aborted (exit 134, 'terminate called ...')
     because MONAI's cache threads were still reading the other cases at interpreter exit."""
@@ -197,6 +200,7 @@ def test_unreadable_config_json(dataset, finished_run, tmp_path, text, expect):
     assert str(info.value).startswith(str(run / "config.json"))
 
 
+@pytest.mark.slow
 def test_edited_config_json_resumes_and_cli_names_the_field(dataset, finished_run, tmp_path):
     run = _edited_run(finished_run, tmp_path, hd95=True, cache_workers=2)  # edits that change no result
     train(dataset, run, TrainConfig(device="cpu"), resume=True)
@@ -282,6 +286,7 @@ def test_output_location_is_refused_before_reading(dataset, finished_run, tmp_pa
     assert run.exists() == existed
 
 
+@pytest.mark.slow
 def test_output_checks_through_the_cli(dataset, finished_run, tmp_path):
     afile = tmp_path / "RUN"
     afile.write_text("x")

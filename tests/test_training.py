@@ -39,6 +39,7 @@ def test_missing_label_is_reported(tmp_path):
         find_cases(tmp_path)
 
 
+@pytest.mark.slow
 def test_train_cli_writes_bundles(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     r = subprocess.run(
@@ -80,6 +81,7 @@ TINY = ["--batch-size", "4", "--width", "4", "--crop", "48", "--spacing", "8", "
         "--no-hd95", "--lr", "0.01"]
 
 
+@pytest.mark.slow
 def test_train_refuses_too_few_cases(tmp_path):
     ds = make_dataset(tmp_path / "ds", [1], shape=(32, 32, 8), spacing=(10.0, 10.0, 20.0))
     r = subprocess.run([sys.executable, "-m", "medseg.cli", "train", str(ds), "-o", str(tmp_path / "run")],
@@ -112,6 +114,7 @@ def test_transfer_weights_matches_labels_by_name():
     torch.testing.assert_close(new.encoder.stages[0][0][0].weight, src.encoder.stages[0][0][0].weight)
 
 
+@pytest.mark.slow
 def test_short_training_learns(tmp_path):
     """A short CPU run on small phantoms lowers the loss and segments held-out organs well."""
     ds = make_dataset(tmp_path / "ds", [31, 32, 33, 34, 35], shape=(64, 64, 20), spacing=(6.0, 6.0, 10.0))
@@ -131,6 +134,7 @@ def test_short_training_learns(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+@pytest.mark.slow
 def test_msd_task_folder_trains_unmodified(tmp_path):
     from test_data import _msd_task
 
@@ -148,6 +152,7 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dataset, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -183,6 +188,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_dataset, tmp_path):
     assert r.returncode == 1 and "--resume" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tiny_dataset, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -202,6 +208,45 @@ def test_torchrun_two_processes(tiny_dataset, tmp_path):
                                                      "history.csv", "last"]
 
 
+def test_sqrt_inverse_class_weights(tiny_dataset, tmp_path):
+    import torch
+
+    from medseg.config import TrainConfig
+    from medseg.training import train
+    from medseg.trainset import class_weights
+
+    w = class_weights(torch.tensor([900.0, 90.0, 0.0], dtype=torch.float64), "sqrt-inverse")
+    assert w[2] > w[1] > w[0] and abs(float(w.mean()) - 1.0) < 1e-6  # rare classes weigh more; mean weight 1
+    freq = torch.tensor([900.0, 90.0, 1.0], dtype=torch.float64) / 990.0  # an absent class counts as one voxel
+    expected = 1 / freq.sqrt()
+    torch.testing.assert_close(w, (expected / expected.mean()).float())
+    assert class_weights(torch.tensor([5.0, 5.0]), "none") is None
+    cfg = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, width=4, crop=32, spacing=(8.0, 8.0), val_cases=1,
+                      device="cpu", hd95=False, lr=0.01, class_weights="sqrt-inverse")
+    card = train(tiny_dataset, tmp_path / "run", cfg).card
+    assert card.training["loss"] == "ce (sqrt-inverse class weights)"
+
+
+def test_train_options_default_to_the_config():
+    """`medseg train`'s defaults are TrainConfig's (one source): an option cannot drift from its field."""
+    import dataclasses
+
+    import typer.main
+
+    from medseg.cli import app
+    from medseg.config import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    checked = []
+    for param in typer.main.get_command(app).commands["train"].params:
+        if param.name in defaults:
+            default = (param.default, param.default) if param.name == "spacing" else param.default  # --spacing: both axes
+            assert default == defaults[param.name], (param.name, param.default, defaults[param.name])
+            checked.append(param.name)
+    assert len(checked) >= 23 and {"epochs", "lr", "context_slices", "spacing", "augment", "hd95"} <= set(checked)
+
+
+@pytest.mark.slow
 def test_fine_tune_with_a_changed_label_map(tiny_dataset, tmp_path):
     """A hospital renames the tumour and renumbers: matching names keep their classifier rows."""
     ds = tmp_path / "hospital"
@@ -217,7 +262,11 @@ def test_fine_tune_with_a_changed_label_map(tiny_dataset, tmp_path):
     src_b, ft = load_bundle(src / "best"), load_bundle(tmp_path / "ft" / "best")
     assert ft.card.labels == meta["labels"]
     assert ft.card.training["init"]["kept_classes"] == ["background", "liver", "spleen", "kidney_right", "kidney_left"]
-    assert ft.card.training["frozen_encoder"] and "5e-4" in ft.card.training["optimizer"].replace("0.0005", "5e-4")
+    assert ft.card.training["frozen_encoder"] is True
+    import re
+
+    lr = re.fullmatch(r"adamw\(lr=([^,]+), weight_decay=[^)]+\), \w+ schedule", ft.card.training["optimizer"])
+    assert lr is not None and float(lr.group(1)) == 5e-4, ft.card.training["optimizer"]  # the fine-tuning default
     import torch
 
     for (name, a), b in zip(src_b.model.encoder.state_dict().items(), ft.model.encoder.state_dict().values()):
@@ -226,6 +275,7 @@ def test_fine_tune_with_a_changed_label_map(tiny_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("problem", ["empty", "shifted", "missing"])
+@pytest.mark.slow
 def test_bad_datasets_fail_before_training(tmp_path, problem):
     import nibabel as nib
 
@@ -254,6 +304,7 @@ def test_bad_datasets_fail_before_training(tmp_path, problem):
     assert not (run / "checkpoint.pt").exists() and not (run / "best").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "mr_brain_tiny.nii").exists(), reason="../shared/data is absent")
 def test_fine_tune_overfits_a_real_mr(tmp_path):
     """Fine-tuning the bundled CT model on a real brain MR (one labelled structure) learns it."""
@@ -310,6 +361,7 @@ def test_validation_split_from_the_dataset(tiny_dataset, tmp_path):
         split_cases(cases, {**meta, "validation": ["nobody"]}, tiny_dataset, cfg)
 
 
+@pytest.mark.slow
 def test_autocast_path_runs_on_cpu(tiny_dataset, tmp_path):
     """The mixed-precision code path (autocast, grad scaler) runs end to end (bf16 autocast on CPU)."""
     r = _train(tiny_dataset, "-o", tmp_path / "run", "--epochs", "1", "--steps-per-epoch", "2", *TINY, "--amp", "bf16",
