@@ -9,6 +9,26 @@ from medseg.io import NIFTI_SUFFIXES, SITK_SUFFIXES, load_scan
 
 from ._layers import image_layer
 
+# The scan files our manifest's reader claims (napari.yaml's filename_patterns).
+SCAN_PATTERNS = ("*.nii", "*.nii.gz", "*.nrrd", "*.nhdr", "*.mha", "*.mhd", "*.dcm", "*.dicom", "*.dic", "*.ima")
+
+
+def prefer_medseg_reader() -> list[str]:
+    """Make medseg napari's reader for the scan file patterns the user has not given a reader yet.
+
+    napari's built-in reader also claims .nii, .dcm, .mha, .nrrd ..., so without a preference
+    napari asks "choose reader" for every scan. A preference the user set is never changed;
+    Preferences > Plugins undoes ours. Returns the patterns set now.
+    """
+    from napari.settings import get_settings
+
+    plugins = get_settings().plugins
+    current = dict(plugins.extension2reader)
+    added = [p for p in SCAN_PATTERNS if p not in current]
+    if added:
+        plugins.extension2reader = {**current, **dict.fromkeys(added, "medseg")}
+    return added
+
 
 def _is_dicom_file(path: Path) -> bool:
     return path.suffix.lower() == ".dcm" or looks_like_dicom(path)

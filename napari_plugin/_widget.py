@@ -36,6 +36,7 @@ from medseg.display import CT_WINDOWS, window_limits
 from medseg.errors import MedsegError
 
 from ._layers import NAMES_KEY, SCAN_KEY, labels_layer
+from ._reader import prefer_medseg_reader
 from ._writer import labels_in_scan_order
 
 DEFAULT_MODEL = "bundled default model"
@@ -145,6 +146,8 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self._refresh_images()
+        if prefer_medseg_reader():  # scans open with medseg from now on, without "choose reader"
+            self.status.setText("medseg now opens NIfTI, NRRD, MHA and DICOM files (Preferences > Plugins to change)")
 
     def _make_controls(self) -> None:
         self.image_box = QComboBox()

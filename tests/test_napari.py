@@ -113,6 +113,35 @@ def test_reader_patterns_claim_scan_formats_only(tmp_path):
     assert get_reader(str(dicom)) is not None and get_reader(str(tmp_path / "IM0001.IMA")) is not None
 
 
+def test_scans_open_without_choosing_a_reader(make_napari_viewer, tmp_path):
+    """napari's built-in reader claims .nii.gz, .dcm, .mha ... too, so napari would ask "choose
+    reader" each time; once the Segment widget is open, medseg is the preferred reader for the
+    manifest's patterns, and a preference the user already set is kept."""
+    import shutil
+
+    from napari.errors import MultipleReaderError
+    from napari.settings import get_settings
+
+    from medseg_napari._layers import SCAN_KEY
+    from medseg_napari._reader import SCAN_PATTERNS
+
+    manifest = _plugin_manager().get_manifest("medseg")
+    assert set(manifest.contributions.readers[0].filename_patterns) == set(SCAN_PATTERNS)
+    viewer = make_napari_viewer()
+    nii = tmp_path / "scan.nii.gz"
+    shutil.copy(SAMPLE / "phantom_ct.nii.gz", nii)
+    get_settings().plugins.extension2reader = {"*.mha": "napari"}  # the user's own choice
+    with pytest.raises(MultipleReaderError):  # plugin=None: what File > Open does
+        viewer.open(str(nii), plugin=None)
+    widget = SegmentWidget(viewer)
+    prefs = get_settings().plugins.extension2reader
+    assert prefs["*.mha"] == "napari"
+    assert all(prefs[p] == "medseg" for p in SCAN_PATTERNS if p != "*.mha")
+    assert "Preferences > Plugins" in widget.status.text()
+    (layer,) = viewer.open(str(nii), plugin=None)
+    assert SCAN_KEY in layer.metadata and layer.data.shape == (48, 176, 176)
+
+
 def _segmented(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.open_sample("medseg", "phantom_ct")
