@@ -228,9 +228,25 @@ def check_outputs(cases: list[BatchCase], output_dir: str | Path) -> list[BatchC
     """
     out = Path(output_dir)
     ensure_writable(out, folder=True)
-    for name in (f"{SUMMARY}.csv", f"{SUMMARY}.json"):
-        ensure_writable(out / name)
+    summaries = [out / f"{SUMMARY}.csv", out / f"{SUMMARY}.json"]
+    for path in summaries:
+        ensure_writable(path)
+    _mark_outputs_over_summaries(cases, summaries)
     return cases
+
+
+def _mark_outputs_over_summaries(cases: list[BatchCase], summaries: list[Path]) -> None:
+    """A case whose mask or preview would be, or lie inside, a summary file fails (an input folder
+    named ``summary.csv`` under ``--recursive``): the summary is written last and must not be lost."""
+    reserved = {os.path.normcase(os.path.abspath(p)): p for p in summaries}
+    for c in filter(is_active, cases):
+        for target in outputs_of(c):
+            path = Path(os.path.normcase(os.path.abspath(target)))
+            hit = next((reserved[str(p)] for p in (path, *path.parents) if str(p) in reserved), None)
+            if hit is not None:
+                c.error = (f"{target}: would replace the batch summary {hit}; rename the input folder "
+                           f"or choose another output folder (not segmented)")
+                break
 
 
 def ensure_output_folders(cases: list[BatchCase]) -> None:

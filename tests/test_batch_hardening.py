@@ -240,6 +240,27 @@ def test_cli_collision_exit_code_and_summary(tmp_path):
     assert hash_tree(src) == before
 
 
+def test_an_input_folder_named_like_the_summary_is_refused_up_front(tmp_path):
+    """Under --recursive, masks of an input folder called summary.csv/ would turn OUT/summary.csv
+    into a folder, and the summary (written last) would be lost: that case fails before any work,
+    the others are segmented, and the summary is written."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _scan(src / "a.nii.gz", 40)
+    _scan(src / "summary.csv" / "b.nii.gz", 41)
+    _scan(src / "summary.json" / "c.nii.gz", 42)
+    cases = check_outputs(find_scans(src, out, recursive=True), out)
+    errors = {c.name: c.error for c in cases}
+    assert errors["a.nii.gz"] is None
+    for case, summary in (("summary.csv/b.nii.gz", "summary.csv"), ("summary.json/c.nii.gz", "summary.json")):
+        assert errors[case] == (f"{out / summary / case.split('/')[1]}: would replace the batch summary "
+                                f"{out / summary}; rename the input folder or choose another output folder "
+                                "(not segmented)")
+    rows, any_failed = batch_mod.segment_folder(src, out, recursive=True, device="cpu")
+    assert any_failed and {r["case"]: r["status"] for r in rows} == {
+        "a.nii.gz": "done", "summary.csv/b.nii.gz": "failed", "summary.json/c.nii.gz": "failed"}
+    assert (out / "summary.csv").is_file() and (out / "summary.json").is_file() and (out / "a.nii.gz").is_file()
+
+
 # ------------------------------------------------------------- outputs checked before the work
 
 

@@ -172,10 +172,13 @@ def test_batch_one_rank_cannot_write_stops_both(tmp_path):
 
 @pytest.mark.slow
 def test_batch_rank0_cannot_write_summary_stops_both(tmp_path):
-    """Rank 0 fails writing the merged summary while rank 1 waits: rank 1's share holds a folder
-    named summary.csv, whose masks turn OUT/summary.csv into a folder once every check has passed."""
+    """Rank 0 fails writing the merged summary (a full disk) while rank 1 waits for it: both stop
+    with rank 0's message, and no half summary is left."""
     src, out = tmp_path / "in", tmp_path / "out"
-    _scans(src, ["a.nii.gz", "summary.csv/b.nii.gz"])
-    r, ranks = _torchrun(tmp_path, "batch", src, out, "--recursive", "--device", "cpu")
-    _every_rank_stopped_with(r, ranks, f"{out / 'summary.csv'}: cannot write")
-    assert (out / "a.nii.gz").is_file() and (out / "summary.csv" / "b.nii.gz").is_file()
+    _scans(src, ["a.nii.gz", "b.nii.gz"])
+    r, ranks = _torchrun(tmp_path, HERE / "torchrun_summary_fails_on_rank0.py", "batch", src, out, "--device", "cpu")
+    _every_rank_stopped_with(r, ranks, f"{out / 'summary.csv'}: cannot write (No space left on device)")
+    assert (out / "a.nii.gz").is_file() and (out / "b.nii.gz").is_file()
+    assert not (out / "summary.csv").exists()
+
+
