@@ -186,6 +186,27 @@ def test_segment_widget_on_the_sample(make_napari_viewer, qtbot):
 
 
 @pytest.mark.slow
+def test_resegmenting_never_loses_corrections(make_napari_viewer, qtbot):
+    """Segment again after painting: the painted layer is kept (renamed), a fresh corrected layer
+    holds the new result; an untouched corrected layer is simply replaced."""
+    viewer, widget = _segmented(make_napari_viewer, qtbot)
+    widget.segment("phantom CT")  # nothing painted yet: replaced, not kept
+    qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
+    assert [la.name for la in viewer.layers if "corrected" in la.name] == ["phantom CT corrected"]
+    painted = widget.corrected
+    painted.data[21, 10:20, 10:20] = 5
+    edited = painted.data.copy()
+    widget.segment("phantom CT")
+    qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
+    kept = viewer.layers["phantom CT corrected (kept 1)"]
+    assert kept is painted
+    np.testing.assert_array_equal(kept.data, edited)
+    fresh = viewer.layers["phantom CT corrected"]
+    assert fresh is widget.corrected and fresh is not painted and fresh.data[21, 10:20, 10:20].max() < 5
+    assert "phantom CT corrected (kept 1)" in widget.status.text()
+
+
+@pytest.mark.slow
 def test_painted_correction_saved_and_reread(make_napari_viewer, qtbot, tmp_path):
     viewer, widget = _segmented(make_napari_viewer, qtbot)
     layer = widget.corrected
