@@ -47,9 +47,17 @@ def window_limits(level: float, width: float) -> tuple[float, float]:
     return level - width / 2.0, level + width / 2.0
 
 
+def shows_as_ct(array: np.ndarray, modality: str | None) -> bool:
+    """CT windows apply: the scan says CT, or says nothing and its values look like HU."""
+    from .intensity import looks_like_ct
+
+    return (modality or "").upper() == "CT" or (not modality and looks_like_ct(array))
+
+
 def default_contrast(array: np.ndarray, modality: str | None) -> tuple[float, float]:
-    """Contrast limits: the soft-tissue window for CT, the 1-99 % percentile range otherwise."""
-    if (modality or "").upper() == "CT":
+    """Contrast limits: the soft-tissue window for CT (by the file's word, or by the values of a
+    NIfTI that does not say), the 1-99 % percentile range otherwise."""
+    if shows_as_ct(array, modality):
         return window_limits(*CT_WINDOWS["soft tissue"])
     sample = np.asarray(array)[:: max(1, array.shape[0] // 64)]
     sample = sample[np.isfinite(sample)]  # NaN/inf voxels do not set the contrast
@@ -62,5 +70,6 @@ __all__ = [
     "ORGAN_COLOURS",
     "label_colours",
     "default_contrast",
+    "shows_as_ct",
     "window_limits",
 ]

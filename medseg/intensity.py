@@ -109,6 +109,27 @@ def intensity_summary(array: np.ndarray, modality: str | None = None) -> Intensi
     return IntensitySummary(int(arr.size), nonfinite, lo, hi, plo, phi)
 
 
+def looks_like_ct(array: np.ndarray) -> bool:
+    """Whether a scan of unknown modality (a NIfTI says nothing) holds CT values in Hounsfield
+    units: some air (at least 1 % of the voxels between -1100 and -900 HU, or scanner padding
+    at -1024 and below), almost nothing above the 12-bit CT range, and at least a fifth of the
+    rest between -200 and 300 HU (fat, water, soft tissue). MR magnitudes and z-scored MR are
+    never around -1000; a phase image (values spread evenly over +-pi scaled) fails the last test.
+    """
+    sample = _sample(np.asarray(array))
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return False
+    air = np.count_nonzero((sample >= -1100.0) & (sample <= -900.0)) / sample.size
+    padding = np.count_nonzero(sample <= CT_PADDING_BELOW) / sample.size
+    inside = sample[sample > CT_PADDING_BELOW]
+    if inside.size == 0:
+        return False
+    top = float(np.percentile(inside, 99.0))
+    tissue = np.count_nonzero((inside >= -200.0) & (inside <= 300.0)) / inside.size  # fat, water, soft tissue
+    return (air >= 0.01 or padding >= 0.01) and top <= CT_TYPICAL[1] + 30.0 and tissue >= 0.2
+
+
 def expected_range(card) -> tuple[float, float] | None:
     """The raw intensity range a model was trained on, or None where it does not matter.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.display import default_contrast, label_colours
+from medseg.display import CT_WINDOWS, default_contrast, label_colours, shows_as_ct, window_limits
 from medseg.geometry import to_display
 from medseg.io import Scan
 from medseg.naming import case_name
@@ -19,13 +19,14 @@ def scan_name(scan: Scan) -> str:
 
 def image_layer(scan: Scan, name: str | None = None) -> tuple:
     data, affine = to_display(scan.array, scan.affine)
+    ct = shows_as_ct(scan.array, scan.modality)  # a NIfTI that does not say: judged by its values
     kwargs = {
         "name": name or scan_name(scan),
         "affine": affine,
-        "contrast_limits": default_contrast(scan.array, scan.modality),
+        "contrast_limits": window_limits(*CT_WINDOWS["soft tissue"]) if ct else default_contrast(scan.array, "MR"),
         "colormap": "gray",
         "units": "mm",
-        "metadata": {SCAN_KEY: scan, "modality": scan.modality, "source": str(scan.source)},
+        "metadata": {SCAN_KEY: scan, "modality": scan.modality, "ct_windows": ct, "source": str(scan.source)},
     }
     return data, kwargs, "image"
 

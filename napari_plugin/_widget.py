@@ -71,6 +71,7 @@ class SegmentWidget(QWidget):
         self.window_box = QComboBox()
         self.window_box.addItems(list(CT_WINDOWS))
         self.window_box.textActivated.connect(self.set_window)
+        self.image_box.currentTextChanged.connect(self._show_windows)
         self.run_button = QPushButton("Segment")
         self.run_button.clicked.connect(lambda: self.segment())
         self.cancel_button = QPushButton("Cancel")
@@ -102,6 +103,7 @@ class SegmentWidget(QWidget):
         form.addRow("model", row)
         form.addRow("device", self.device_box)
         form.addRow("CT window", self.window_box)
+        self.window_label = form.labelForField(self.window_box)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -132,6 +134,14 @@ class SegmentWidget(QWidget):
         self.image_box.addItems(names)
         if current in names:
             self.image_box.setCurrentText(current)
+
+    def _show_windows(self, *_) -> None:
+        """CT window presets only for CT images (MR has no Hounsfield units)."""
+        name = self.image_box.currentText()
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        ct = layer is None or bool(layer.metadata.get("ct_windows", True))
+        self.window_box.setVisible(ct)
+        self.window_label.setVisible(ct)
 
     def _image(self, name: str | None = None) -> Image:
         name = name or self.image_box.currentText()

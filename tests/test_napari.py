@@ -142,6 +142,34 @@ def test_scans_open_without_choosing_a_reader(make_napari_viewer, tmp_path):
     assert SCAN_KEY in layer.metadata and layer.data.shape == (48, 176, 176)
 
 
+def test_window_follows_the_content(make_napari_viewer, tmp_path):
+    """A CT NIfTI (which cannot say it is CT) opens with the soft-tissue window and the CT presets;
+    an MR NIfTI opens with a percentile window and no CT presets."""
+    import nibabel as nib
+
+    from medseg.phantom import make_phantom, write_nifti
+
+    ct, mr = tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz"
+    ph = make_phantom(5, shape=(48, 48, 8))
+    write_nifti(ph, ct)
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.gamma(2.0, 150.0, size=ph.image.shape).astype(np.float32), ph.affine), str(mr))
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    ct_layer = viewer.open(str(ct), plugin="medseg")[0]
+    assert load_scan(ct).modality is None
+    assert tuple(ct_layer.contrast_limits) == (-160.0, 240.0)
+    widget.image_box.setCurrentText(ct_layer.name)
+    assert widget.window_box.isVisibleTo(widget)
+    mr_layer = viewer.open(str(mr), plugin="medseg")[0]
+    widget.image_box.setCurrentText(mr_layer.name)
+    assert tuple(mr_layer.contrast_limits) != (-160.0, 240.0) and mr_layer.contrast_limits[0] >= 0
+    assert not widget.window_box.isVisibleTo(widget) and not widget.window_label.isVisibleTo(widget)
+    widget.image_box.setCurrentText(ct_layer.name)
+    assert widget.window_box.isVisibleTo(widget)
+
+
 def _segmented(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.open_sample("medseg", "phantom_ct")
