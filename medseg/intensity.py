@@ -127,7 +127,7 @@ def looks_like_ct(array: np.ndarray) -> bool:
         return False
     top = float(np.percentile(inside, 99.0))
     tissue = np.count_nonzero((inside >= -200.0) & (inside <= 300.0)) / inside.size  # fat, water, soft tissue
-    return (air >= 0.01 or padding >= 0.01) and top <= CT_TYPICAL[1] + 30.0 and tissue >= 0.2
+    return bool((air >= 0.01 or padding >= 0.01) and top <= CT_TYPICAL[1] + 30.0 and tissue >= 0.2)
 
 
 def expected_range(card) -> tuple[float, float] | None:
