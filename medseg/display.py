@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .intensity import looks_like_ct
+
 # CT window presets (level, width) in HU -> contrast limits
 CT_WINDOWS = {
     "soft tissue": (40.0, 400.0),
@@ -49,8 +51,6 @@ def window_limits(level: float, width: float) -> tuple[float, float]:
 
 def shows_as_ct(array: np.ndarray, modality: str | None) -> bool:
     """CT windows apply: the scan says CT, or says nothing and its values look like HU."""
-    from .intensity import looks_like_ct
-
     return (modality or "").upper() == "CT" or (not modality and looks_like_ct(array))
 
 

@@ -121,30 +121,34 @@ def predict_volume(
     return out.transpose(1, 2, 0)
 
 
-def inference_model(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with every Conv2d + BatchNorm2d pair folded into one convolution (a copy).
-
-    Eval-mode batch norm is an affine map, so folding it changes nothing but the cost (about
-    10 % of SegNet's CPU time). Models without such pairs are returned as they are.
-    """
-    pairs = [
+def _conv_bn_pairs(model: torch.nn.Module) -> list[tuple[torch.nn.Sequential, int]]:
+    """Every (Sequential, i) whose items i, i + 1 are a Conv2d followed by a BatchNorm2d."""
+    return [
         (seq, i)
         for seq in model.modules()
         if isinstance(seq, torch.nn.Sequential)
         for i in range(len(seq) - 1)
         if isinstance(seq[i], torch.nn.Conv2d) and isinstance(seq[i + 1], torch.nn.BatchNorm2d)
     ]
-    if not pairs or model.training:
+
+
+def _fold_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold each eval-mode Conv2d + BatchNorm2d pair of ``model`` into one convolution, in place."""
+    for seq, i in _conv_bn_pairs(model):
+        seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
+        seq[i + 1] = torch.nn.Identity()
+    return model
+
+
+def inference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every Conv2d + BatchNorm2d pair folded into one convolution (a copy).
+
+    Eval-mode batch norm is an affine map, so folding it changes nothing but the cost (about
+    10 % of SegNet's CPU time). Models without such pairs, or in training mode, are returned as they are.
+    """
+    if model.training or not _conv_bn_pairs(model):
         return model
-    fused = copy.deepcopy(model)
-    for seq in fused.modules():
-        if not isinstance(seq, torch.nn.Sequential):
-            continue
-        for i in range(len(seq) - 1):
-            if isinstance(seq[i], torch.nn.Conv2d) and isinstance(seq[i + 1], torch.nn.BatchNorm2d):
-                seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
-                seq[i + 1] = torch.nn.Identity()
-    return fused
+    return _fold_batch_norms(copy.deepcopy(model))
 
 
 class Predictor:
@@ -163,9 +167,9 @@ class Predictor:
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         # A copy: folding, moving and eval() never touch the caller's model (it may be training).
-        model = copy.deepcopy(bundle.model).eval()
+        model = _fold_batch_norms(copy.deepcopy(bundle.model).eval())
         # channels-last convolutions are ~10 % faster on CPU (oneDNN) and on GPU tensor cores
-        self.model = inference_model(model).to(self.device).to(memory_format=torch.channels_last)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last)
 
     @classmethod
     def from_folder(
