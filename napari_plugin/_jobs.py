@@ -18,6 +18,15 @@ class Cancelled(Exception):
     pass
 
 
+class Failed:
+    """What a job returns instead of raising: superqt's worker treats a RuntimeError (torch's usual
+    error) raised from a generator as a deleted Qt object, warns and never emits ``finished``, so
+    errors travel as a value to the widget's one error path."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 def _background(fn, *args, cancel: threading.Event | None = None, **kwargs):
     """Generator for a thread_worker: runs ``fn(*args, progress=..., **kwargs)`` in a thread,
     yields its (done, total) progress and returns its result. Setting ``cancel`` (or quitting
@@ -49,7 +58,7 @@ def _background(fn, *args, cancel: threading.Event | None = None, **kwargs):
         cancel.set()  # the worker was quit (Cancel), or we are done
         thread.join()
     if "error" in result and not isinstance(result["error"], Cancelled):
-        raise result["error"]
+        return Failed(result["error"])
     return result.get("value")
 
 

@@ -8,7 +8,9 @@ layer, corrections happen on a copy).
 
 from __future__ import annotations
 
+import os
 import threading
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -34,10 +34,24 @@ from qtpy.QtWidgets import (
 from medseg.display import CT_WINDOWS, window_limits
 from medseg.errors import MedsegError
 
-from ._jobs import DEFAULT_MODEL, _background, _fine_tune_job, _segment_job
+from ._autosave import Autosaver, restore
+from ._jobs import DEFAULT_MODEL, Failed, _background, _fine_tune_job, _segment_job
 from ._layers import NAMES_KEY, SCAN_KEY, labels_layer
 from ._reader import prefer_medseg_reader
+from ._review import ReviewPanel
 from ._writer import labels_in_scan_order
+
+
+def describe(exc: BaseException) -> str:
+    """The one line every failure is shown with: medseg's message, else the type and first line."""
+    from medseg.distributed import describe as one_line
+
+    return one_line(exc)
+
+
+def debugging() -> bool:
+    """``MEDSEG_DEBUG=1``: failures also print their traceback in the terminal."""
+    return os.environ.get("MEDSEG_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 class SegmentWidget(QWidget):
     """Dock widget: Segment, review (uncertain slices first), correct, save, add to a dataset, fine-tune."""
@@ -51,12 +65,17 @@ class SegmentWidget(QWidget):
         self.prediction: Labels | None = None
         self.corrected: Labels | None = None
 
+        self.autosave = Autosaver(self._fail)
+        self.panel = ReviewPanel(self.viewer)
         self._make_controls()
         self._lay_out()
         self.dataset_dir: Path | None = None
 
-        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.inserted.connect(self._inserted)
+        self.viewer.layers.events.removing.connect(self._removing)
         self.viewer.layers.events.removed.connect(self._refresh_images)
+        for layer in list(self.viewer.layers):
+            self._adopt(layer)
         self._refresh_images()
         if prefer_medseg_reader():  # scans open with medseg from now on, without "choose reader"
             self.status.setText("medseg now opens NIfTI, NRRD, MHA and DICOM files (Preferences > Plugins to change)")
@@ -80,8 +99,6 @@ class SegmentWidget(QWidget):
         self.progress = QProgressBar()
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        self.review = QListWidget()
-        self.review.itemClicked.connect(self._jump)
         self.label_box = QComboBox()
         self.label_box.currentIndexChanged.connect(self._pick_label)
         self.save_button = QPushButton("Save mask…")
@@ -112,8 +129,8 @@ class SegmentWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
-        layout.addWidget(QLabel("review, least certain slices first (click to go there)"))
-        layout.addWidget(self.review)
+        layout.addWidget(QLabel("review: structures, and the least certain slices first (click to go there)"))
+        layout.addWidget(self.panel)
         paint = QFormLayout()
         paint.addRow("paint label", self.label_box)
         layout.addLayout(paint)
@@ -126,6 +143,33 @@ class SegmentWidget(QWidget):
         layout.addLayout(tune_row)
 
     # ------------------------------------------------------------------ helpers
+
+    def _inserted(self, event) -> None:
+        self._adopt(event.value)
+        self._refresh_images()
+
+    def _adopt(self, layer) -> None:
+        """Autosave every Labels layer of a medseg scan; restore a newly opened scan's autosaved corrections."""
+        if isinstance(layer, Labels) and SCAN_KEY in layer.metadata:
+            self.autosave.watch(layer, saved_as=layer.name if "restored" in layer.metadata else None)
+        elif isinstance(layer, Image) and SCAN_KEY in layer.metadata:
+            try:
+                restored = restore(self.viewer, layer)
+            except Exception as exc:  # noqa: BLE001 - the one error path
+                self._fail(exc)
+                return
+            if restored:
+                self.corrected = restored[-1]
+                when = restored[-1].metadata.get("restored", "")
+                message = (f"restored your autosaved corrections of {layer.name} ({when}): "
+                           + ", ".join(f"'{r.name}'" for r in restored))
+                self.status.setText(message)
+                show_info(message)
+
+    def _removing(self, event) -> None:
+        layer = self.viewer.layers[event.index] if isinstance(event.index, int) else None
+        if isinstance(layer, Labels):
+            self.autosave.flush([layer])  # a stroke in the last second is not lost with the layer
 
     def _refresh_images(self, *_):
         current = self.image_box.currentText()
@@ -164,9 +208,12 @@ class SegmentWidget(QWidget):
         layer.contrast_limits = (low, high)
 
     def _fail(self, exc: BaseException) -> None:
-        message = str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {exc}"
+        """The one error path: one notification with one line; the traceback only with MEDSEG_DEBUG=1."""
+        message = describe(exc)
         self.status.setText(message)
         show_error(message)
+        if debugging():
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
 
     def _start(self, worker, on_done, label: str) -> None:
         self.worker = worker
@@ -183,6 +230,9 @@ class SegmentWidget(QWidget):
                 self.progress.setValue(done)
 
         def returned(value):
+            if isinstance(value, Failed):
+                self._fail(value.error)
+                return
             if value is None:
                 self.status.setText("cancelled")
                 return
@@ -254,11 +304,7 @@ class SegmentWidget(QWidget):
         self.label_box.setCurrentIndex(1 if len(names) > 1 else 0)
         self._pick_label()
         self.entropy = entropy
-        self.review.clear()
-        for k in np.argsort(-entropy, kind="stable"):
-            item = QListWidgetItem(f"slice {int(k)}: uncertainty {float(entropy[k]):.3f}")
-            item.setData(256, int(k))  # Qt.UserRole
-            self.review.addItem(item)
+        self.panel.set_result(self.corrected, self.prediction, entropy)
         present = sorted(set(np.unique(labels).tolist()) - {0})
         found = ", ".join(n for n, v in names.items() if v in present) or "nothing"
         text = f"{model_name}: found {found}. Correct '{corr_name}' with the paint tools."
@@ -285,17 +331,9 @@ class SegmentWidget(QWidget):
         old.name = f"{corr_name} (kept {n})"
         return old.name
 
-    def _jump(self, item: QListWidgetItem) -> None:
-        k = int(item.data(256))
-        self.go_to_slice(k)
-
     def go_to_slice(self, k: int) -> None:
         """Show axial slice ``k`` (display axis 0, inferior to superior) of the segmented scan."""
-        layer = self.corrected or self.prediction
-        if layer is None:
-            return
-        z = float(layer.data_to_world((k, 0, 0))[0])
-        self.viewer.dims.set_point(0, z)
+        self.panel.go_to(k)
 
     def _pick_label(self, *_):
         value = self.label_box.currentData()
@@ -320,6 +358,7 @@ class SegmentWidget(QWidget):
             layer = layer or self._labels_layer()
             labels, scan = labels_in_scan_order(layer.data, layer.metadata, layer.name)
             out = save_mask(labels, scan, path)
+            self.autosave.forget(layer)  # safe in the user's own file now
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
             return None

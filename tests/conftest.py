@@ -9,6 +9,12 @@ SHARED = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "medseg" / "resources"  # the packaged sample case and model (`sample_data` links here)
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    """Each test its own medseg cache (autosaved corrections): nothing leaks between tests or into ~/.cache."""
+    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path_factory.mktemp("medseg_cache")))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED.is_dir():

@@ -199,12 +199,33 @@ def test_segment_widget_on_the_sample(make_napari_viewer, qtbot):
     assert list(widget.corrected.features["structure"][:3]) == ["background", "liver", "spleen"]
     np.testing.assert_allclose(widget.corrected.colormap.map(np.array([1]))[0][:3], [0.80, 0.42, 0.25], atol=1e-3)
     # worst-first review: one entry per axial slice, sorted, and a click moves the viewer there
-    assert widget.review.count() == image.data.shape[0]
-    values = [float(widget.review.item(i).text().rsplit(" ", 1)[1]) for i in range(widget.review.count())]
+    panel = widget.panel
+    assert panel.slices.count() == image.data.shape[0]
+    values = [float(panel.slices.item(i).text().rsplit(" ", 1)[1]) for i in range(panel.slices.count())]
     assert values == sorted(values, reverse=True) and values[0] > values[-1]
-    worst = int(widget.review.item(0).data(256))
-    widget._jump(widget.review.item(0))
+    worst = int(panel.slices.item(0).data(256))
+    panel.slices.itemClicked.emit(panel.slices.item(0))
     assert viewer.dims.point[0] == pytest.approx(image.data_to_world((worst, 0, 0))[0])
+    assert panel.current_slice() == worst and f"axial slice {worst + 1} of" in panel.position.text()
+    # keys: next / previous uncertain slice, mark reviewed (then on to the next)
+    second, third = panel.order[1], panel.order[2]
+    assert panel.step(+1) == second and panel.current_slice() == second
+    assert panel.step(-1) == worst
+    assert panel.mark_reviewed() == second and worst in panel.reviewed
+    assert panel.slices.item(0).text().startswith("✓ ")
+    assert panel.step(-1) is None and panel.step(+1) == third  # reviewed slices are skipped
+    # legend: one row per structure with its volume; it follows a correction
+    rows = {panel.legend.item(r, 0).text().split("  ", 1)[1]: r for r in range(panel.legend.rowCount())}
+    assert set(rows) == set(ORGANS) | {"liver_tumour"}
+    scan = image.metadata["medseg_scan"]
+    liver_ml = (pred.data == 1).sum() * scan.voxel_volume_ml
+    assert float(panel.legend.item(rows["liver"], 1).text()) == pytest.approx(liver_ml, abs=0.06)
+    assert panel.legend.item(rows["liver"], 2).text() == "0"
+    erased = int((widget.corrected.data[20] == 1).sum())
+    widget.corrected.data[20][widget.corrected.data[20] == 1] = 0
+    widget.corrected.events.paint()  # as a stroke does
+    qtbot.waitUntil(lambda: panel.legend.item(rows["liver"], 2).text() != "0", timeout=5_000)
+    assert float(panel.legend.item(rows["liver"], 2).text()) == pytest.approx(-erased * scan.voxel_volume_ml, abs=0.06)
     # CT window presets
     widget.set_window("lung")
     assert tuple(image.contrast_limits) == (-1350.0, 150.0)
@@ -375,3 +396,69 @@ def test_widget_shows_intensity_doubts_and_refuses_garbage(make_napari_viewer, q
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert "no finite voxel values" in widget.status.text() and "nan.nii.gz" in widget.status.text()
     assert len(viewer.layers) == n_layers
+
+
+@pytest.mark.slow
+def test_corrections_autosaved_and_restored_after_a_crash(make_napari_viewer, qtbot, tmp_path):
+    """A stroke reaches medseg's cache within seconds; a new viewer opening the same scan gets it back."""
+    viewer, widget = _segmented(make_napari_viewer, qtbot)
+    layer = widget.corrected
+    layer.paint((20, 80, 80), 2, refresh=True)  # one brush stroke, as the paint tool makes it
+    qtbot.waitUntil(lambda: widget.autosave.saved >= 1 and not widget.autosave.pending(), timeout=30_000)
+    painted = layer.data.copy()
+    # the process died here: a fresh viewer opens the same scan, the widget restores the strokes
+    viewer2 = make_napari_viewer()
+    viewer2.open_sample("medseg", "phantom_ct")
+    widget2 = SegmentWidget(viewer2)
+    restored = viewer2.layers["phantom CT corrected"]
+    np.testing.assert_array_equal(restored.data, painted)
+    np.testing.assert_allclose(restored.affine.affine_matrix, viewer2.layers["phantom CT"].affine.affine_matrix)
+    assert widget2.corrected is restored and "restored your autosaved corrections" in widget2.status.text()
+    # segmenting again keeps the restored work (it differs from any new prediction)
+    widget2.segment("phantom CT")
+    qtbot.waitUntil(lambda: not widget2.running, timeout=300_000)
+    np.testing.assert_array_equal(viewer2.layers["phantom CT corrected (kept 1)"].data, painted)
+    # once saved to the user's own file, the autosave is no longer offered
+    out = widget2.save(tmp_path / "mine.nii.gz", viewer2.layers["phantom CT corrected (kept 1)"])
+    assert out is not None
+    viewer3 = make_napari_viewer()
+    viewer3.open_sample("medseg", "phantom_ct")
+    SegmentWidget(viewer3)
+    assert "phantom CT corrected (kept 1)" not in viewer3.layers
+
+
+@pytest.mark.parametrize("failure", ["cuda", "crash"])
+def test_a_worker_error_is_one_notification(make_napari_viewer, qtbot, capfd, monkeypatch, failure):
+    """Any exception in a background job: one notification with one line, no traceback, viewer alive."""
+    import torch
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("medseg", "phantom_ct")
+    widget = SegmentWidget(viewer)
+    if failure == "cuda":
+        if torch.cuda.is_available():
+            pytest.skip("checks the no-CUDA message on a machine without CUDA")
+        widget.device_box.setCurrentText("cuda")
+        expected = "no CUDA device is available"
+    else:
+        def broken(*args, **kwargs):
+            raise RuntimeError("index 7 is out of bounds\n" + "array([[0, 1, 2 ...]])\n" * 50)
+
+        monkeypatch.setattr(_widget, "_segment_job", broken)
+        expected = "unexpected RuntimeError: index 7 is out of bounds"
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        widget.segment("phantom CT")
+        qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+        qtbot.wait(200)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    errors = [n for n in seen if str(n.severity).lower().endswith("error")]
+    assert len(errors) == 1, [n.message for n in seen]
+    assert expected in errors[0].message and "\n" not in errors[0].message
+    assert widget.status.text() == errors[0].message
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "array([[" not in err
+    assert widget.run_button.isEnabled() and viewer.layers["phantom CT"] is not None  # the viewer goes on

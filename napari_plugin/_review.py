@@ -1,0 +1,208 @@
+"""Review panel: legend with volumes that follow corrections, and the uncertain slices, worst first.
+
+- The legend lists every structure with its colour, its volume in mL on the corrected layer and
+  the change from the model's prediction; it is recomputed shortly after each brush stroke.
+- The slice list ranks axial slices by the model's uncertainty (its scale and the review
+  threshold are stated above it); slices above the threshold are highlighted, reviewed ones ticked.
+- Keys (on the viewer): ``N`` next uncertain slice, ``Shift-N`` previous, ``Shift-R`` mark the
+  slice on screen reviewed and go to the next one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Labels
+from qtpy.QtCore import QTimer
+from qtpy.QtGui import QBrush, QColor, QFont
+from qtpy.QtWidgets import (
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medseg.display import label_colours
+from medseg.metrics import label_volumes_ml
+
+from ._layers import NAMES_KEY, SCAN_KEY
+
+KEYS = {"next": "N", "previous": "Shift-N", "reviewed": "Shift-R"}
+ROLE = 256  # Qt.UserRole: the slice index of a list item
+
+
+def _scale_and_threshold() -> tuple[str, float]:
+    from medseg import inference
+
+    scale = getattr(inference, "UNCERTAINTY_SCALE", "mean normalised entropy (0 = certain, 1 = uniform)")
+    return scale, float(getattr(inference, "UNCERTAIN_SLICE", 0.05))
+
+
+def volumes(layer: Labels) -> dict[str, float]:
+    """mL per structure of a medseg Labels layer (its scan's voxel size)."""
+    scan = layer.metadata[SCAN_KEY]
+    names = layer.metadata.get(NAMES_KEY) or {}
+    return label_volumes_ml(np.asarray(layer.data), scan.voxel_volume_ml, names)
+
+
+class ReviewPanel(QWidget):
+    def __init__(self, viewer) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.corrected: Labels | None = None
+        self.prediction: Labels | None = None
+        self.order: list[int] = []  # slices, worst first
+        self.scores: np.ndarray = np.zeros(0)
+        self.reviewed: set[int] = set()
+        self._cursor = -1  # position in ``order`` of the slice last visited with N / Shift-N
+        self._model_volumes: dict[str, float] = {}
+        self.legend = QTableWidget(0, 3)
+        self.legend.setHorizontalHeaderLabels(["structure", "mL", "Δ mL vs model"])
+        self.legend.verticalHeader().setVisible(False)
+        self.legend.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.legend.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.scale = QLabel("")
+        self.scale.setWordWrap(True)
+        self.slices = QListWidget()
+        self.slices.itemClicked.connect(lambda item: self.go_to(int(item.data(ROLE))))
+        self.position = QLabel("")
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(400)
+        self._timer.timeout.connect(self.update_volumes)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.legend)
+        layout.addWidget(self.scale)
+        layout.addWidget(self.slices)
+        layout.addWidget(self.position)
+        viewer.dims.events.point.connect(self._show_position)
+        self._bind_keys()
+
+    # ------------------------------------------------------------------ result
+    def set_result(self, corrected: Labels, prediction: Labels | None, scores: np.ndarray) -> None:
+        self.corrected, self.prediction = corrected, prediction
+        self.scores = np.asarray(scores, dtype=float)
+        self.order = [int(k) for k in np.argsort(-self.scores, kind="stable")]
+        self.reviewed.clear()
+        self._cursor = -1
+        self._model_volumes = volumes(prediction) if prediction is not None else {}
+        corrected.events.paint.connect(lambda *_: self._timer.start())
+        corrected.events.set_data.connect(lambda *_: self._timer.start())
+        self._fill_legend()
+        self._fill_slices()
+
+    def _fill_legend(self) -> None:
+        names = self.corrected.metadata.get(NAMES_KEY) or {}
+        colours = label_colours(names)
+        rows = [(n, v) for n, v in sorted(names.items(), key=lambda kv: kv[1]) if v]
+        self.legend.setRowCount(len(rows))
+        for r, (name, value) in enumerate(rows):
+            item = QTableWidgetItem(f"{value}  {name}")
+            rgba = np.asarray(colours.get(value, (1, 1, 1, 1)), dtype=float)
+            item.setIcon(_swatch(rgba))
+            self.legend.setItem(r, 0, item)
+        self.update_volumes()
+
+    def update_volumes(self) -> None:
+        """Refresh the mL column from the corrected layer (after strokes, debounced)."""
+        if self.corrected is None:
+            return
+        now = volumes(self.corrected)
+        for r in range(self.legend.rowCount()):
+            name = self.legend.item(r, 0).text().split("  ", 1)[1]
+            ml = now.get(name, 0.0)
+            delta = ml - self._model_volumes.get(name, ml)
+            self.legend.setItem(r, 1, QTableWidgetItem(f"{ml:.1f}"))
+            self.legend.setItem(r, 2, QTableWidgetItem(f"{delta:+.1f}" if abs(delta) >= 0.05 else "0"))
+
+    def _fill_slices(self) -> None:
+        scale, threshold = _scale_and_threshold()
+        flagged = int((self.scores > threshold).sum())
+        self.scale.setText(f"uncertainty = {scale}. {flagged} of {len(self.scores)} slices above {threshold:g} "
+                           f"(highlighted). Keys: {KEYS['next']} next, {KEYS['previous']} previous, "
+                           f"{KEYS['reviewed']} mark reviewed.")
+        self.slices.clear()
+        for k in self.order:
+            item = QListWidgetItem()
+            item.setData(ROLE, k)
+            self.slices.addItem(item)
+            self._style(item)
+
+    def _style(self, item: QListWidgetItem) -> None:
+        k = int(item.data(ROLE))
+        _, threshold = _scale_and_threshold()
+        tick = "✓ " if k in self.reviewed else ""
+        item.setText(f"{tick}slice {k}: {self.scores[k]:.3f}")
+        high = bool(self.scores[k] > threshold) and k not in self.reviewed
+        item.setForeground(QBrush(QColor("#ff6b5a" if high else ("#7f7f7f" if k in self.reviewed else "#d0d0d0"))))
+        font = QFont()
+        font.setBold(high)
+        item.setFont(font)
+
+    # ------------------------------------------------------------------ navigation
+    def current_slice(self) -> int | None:
+        layer = self.corrected
+        if layer is None:
+            return None
+        k = int(round(float(layer.world_to_data(self.viewer.dims.point)[0])))
+        return min(max(k, 0), layer.data.shape[0] - 1)
+
+    def go_to(self, k: int) -> None:
+        """Show axial slice ``k`` (display axis 0, inferior to superior)."""
+        if self.corrected is None:
+            return
+        if k in self.order:
+            self._cursor = self.order.index(k)
+            self.slices.setCurrentRow(self._cursor)
+        self.viewer.dims.set_point(0, float(self.corrected.data_to_world((k, 0, 0))[0]))
+
+    def step(self, direction: int) -> int | None:
+        """Go to the next (+1) or previous (-1) not-yet-reviewed slice in worst-first order."""
+        n = len(self.order)
+        i = self._cursor
+        for _ in range(n):
+            i += direction
+            if not 0 <= i < n:
+                return None
+            if self.order[i] not in self.reviewed:
+                self.go_to(self.order[i])
+                return self.order[i]
+        return None
+
+    def mark_reviewed(self) -> int | None:
+        """Tick the slice on screen as reviewed, then go to the next uncertain one."""
+        k = self.current_slice()
+        if k is None:
+            return None
+        self.reviewed.add(k)
+        if k in self.order:
+            self._style(self.slices.item(self.order.index(k)))
+        return self.step(+1)
+
+    def _bind_keys(self) -> None:
+        self.viewer.bind_key(KEYS["next"], lambda _v: self.step(+1), overwrite=True)
+        self.viewer.bind_key(KEYS["previous"], lambda _v: self.step(-1), overwrite=True)
+        self.viewer.bind_key(KEYS["reviewed"], lambda _v: self.mark_reviewed(), overwrite=True)
+
+    def _show_position(self, *_) -> None:
+        k = self.current_slice()
+        if k is None:
+            return
+        z = float(self.viewer.dims.point[0])
+        mark = " (reviewed)" if k in self.reviewed else ""
+        self.position.setText(f"axial slice {k + 1} of {self.corrected.data.shape[0]}, z = {z:.1f} mm{mark}")
+
+
+def _swatch(rgba: np.ndarray):
+    from qtpy.QtGui import QIcon, QPixmap
+
+    pix = QPixmap(14, 14)
+    pix.fill(QColor(*[int(round(255 * c)) for c in rgba[:3]]))
+    return QIcon(pix)
+
+
+__all__ = ["KEYS", "ReviewPanel", "volumes"]
