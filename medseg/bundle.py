@@ -54,6 +54,11 @@ class ModelCard:
     # 1st and 99th percentile of the training images' voxel values (HU for CT; values below
     # -1024 HU, padding outside the field of view, left out): scans far outside are warned about
     intensity_range: list[float] | None = None
+    # What the model was trained on (optional; empty for older cards), checked by medseg.domain:
+    # "source", "dataset", "modality", "body_region", "phase" (text), "cases" and
+    # "validation_cases" (counts), "field_of_view_mm" and "spacing_mm" ({"min": [x, y, z],
+    # "max": [x, y, z]} over the training images, along the R-L, A-P and I-S axes).
+    training_data: dict[str, Any] = field(default_factory=dict)
     medseg_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -140,7 +145,48 @@ def _card_problems(card: ModelCard) -> list[str]:
         r = card.intensity_range
         if len(r) != 2 or not all(finite_number(v) for v in r) or not r[0] < r[1]:
             problems.append(f"field 'intensity_range': {r} is not an increasing pair of finite values")
+    problems += _training_data_problems(card.training_data, card.modality)
     return problems
+
+
+TRAINING_DATA_TEXT = ("source", "dataset", "modality", "body_region", "phase")
+TRAINING_DATA_COUNTS = ("cases", "validation_cases")
+TRAINING_DATA_RANGES = ("field_of_view_mm", "spacing_mm")
+
+
+def _training_data_problems(data: dict[str, Any], modality: str) -> list[str]:
+    """What is wrong with a card's ``training_data`` (unknown keys are left alone)."""
+    problems = []
+    for key in TRAINING_DATA_TEXT:
+        if key in data and not (isinstance(data[key], str) and data[key].strip()):
+            problems.append(f"field 'training_data.{key}': {data[key]!r} is not a non-empty text")
+    if isinstance(data.get("modality"), str) and data["modality"].upper() != str(modality).upper():
+        problems.append(f"field 'training_data.modality': {data['modality']!r} differs from the card's modality {modality!r}")
+    for key in TRAINING_DATA_COUNTS:
+        value, least = data.get(key, 1), 1 if key == "cases" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            problems.append(f"field 'training_data.{key}': {value!r} is not an integer >= {least}")
+    for key in TRAINING_DATA_RANGES:
+        if key in data:
+            problem = _range_problem(data[key])
+            if problem:
+                problems.append(f"field 'training_data.{key}': {problem}")
+    return problems
+
+
+def _range_problem(value: Any) -> str | None:
+    """Why ``value`` is not ``{"min": [x, y, z], "max": [x, y, z]}`` of positive mm with min <= max."""
+    from .schema import finite_number, short_repr
+
+    if not isinstance(value, dict) or not {"min", "max"} <= set(value):
+        return f"{short_repr(value)} is not an object with 'min' and 'max'"
+    for end in ("min", "max"):
+        v = value[end]
+        if not isinstance(v, list) or len(v) != 3 or not all(finite_number(x) and x > 0 for x in v):
+            return f"'{end}' {short_repr(v)} is not three positive sizes in mm"
+    if not all(lo <= hi for lo, hi in zip(value["min"], value["max"])):
+        return f"'min' {value['min']} exceeds 'max' {value['max']}"
+    return None
 
 
 def _preprocessing_problems(pre: dict[str, Any], modality: str) -> list[str]:
@@ -231,13 +277,19 @@ def check_finite_weights(state: dict[str, torch.Tensor], where: str | Path) -> N
         raise MedsegError(f"{where}: tensor '{key}' holds {n} of {total} non-finite values (NaN/inf){more}; the model is damaged")
 
 
+def load_card(path: str | os.PathLike | None = None) -> ModelCard:
+    """Only the model card of a bundle folder (default: the bundled model), checked; no weights read."""
+    from .schema import read_json_object
+
+    card_path, _ = _bundle_files(Path(path) if path is not None else default_bundle_path())
+    return ModelCard.from_dict(read_json_object(card_path, "model card"), card_path)
+
+
 def load_bundle(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle folder (default: the bundled model) onto ``device``, in eval mode."""
     path = Path(path) if path is not None else default_bundle_path()
-    from .schema import read_json_object
-
     card_path, weights = _bundle_files(path)
-    card = ModelCard.from_dict(read_json_object(card_path, "model card"), card_path)
+    card = load_card(path)
     model = build_model(card, card_path)
     state = load_state_dict(weights)
     check_finite_weights(state, weights)

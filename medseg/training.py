@@ -45,6 +45,7 @@ from .config import (
 )
 from .data import Case, find_cases, read_labels, read_modality
 from .distributed import DistInfo, Ranks, process_group
+from .domain import training_data_of
 from .errors import MedsegError
 from .io import atomic_write_text
 from .reports import plot_curves, write_history
@@ -115,6 +116,7 @@ def load_training_data(dataset_dir: Path, cfg: TrainConfig, info: DistInfo) -> T
         raise MedsegError(f"{dataset_dir}: {len(trn)} training case(s) cannot be shared by {info.world_size} processes")
     init = load_bundle(cfg.init) if cfg.init else None
     card = _model_card(cfg, labels, modality, meta, init)
+    card.training_data = training_data_of(trn, val, modality, meta, dataset_dir.name)
     prepared = prepare_cases(info.share(trn), card, cfg.cache_workers)
     val_data = load_validation(val, card) if info.is_main else []
     return TrainData(card, trn, val, prepared, val_data, init)

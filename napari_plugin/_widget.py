@@ -77,6 +77,7 @@ class SegmentWidget(QWidget):
         for layer in list(self.viewer.layers):
             self._adopt(layer)
         self._refresh_images()
+        self.check_domain()
         if prefer_medseg_reader():  # scans open with medseg from now on, without "choose reader"
             self.status.setText("medseg now opens NIfTI, NRRD, MHA and DICOM files (Preferences > Plugins to change)")
 
@@ -91,6 +92,15 @@ class SegmentWidget(QWidget):
         self.window_box.addItems(list(CT_WINDOWS))
         self.window_box.textActivated.connect(self.set_window)
         self.image_box.currentTextChanged.connect(self._show_windows)
+        self.image_box.currentTextChanged.connect(self.check_domain)
+        self.model_edit.editingFinished.connect(self.check_domain)
+        self.card_label = QLabel("")  # what the model was trained on (its card)
+        self.card_label.setWordWrap(True)
+        self.domain_label = QLabel("")  # this scan against that: shown before and after segmenting
+        self.domain_label.setWordWrap(True)
+        self.domain_label.setStyleSheet("color: #ffb347;")
+        self.domain_label.setVisible(False)
+        self._domain: dict = {}
         self.run_button = QPushButton("Segment")
         self.run_button.clicked.connect(lambda: self.segment())
         self.cancel_button = QPushButton("Cancel")
@@ -118,6 +128,7 @@ class SegmentWidget(QWidget):
         row.addWidget(self.model_edit)
         row.addWidget(self.browse_button)
         form.addRow("model", row)
+        form.addRow("", self.card_label)
         form.addRow("device", self.device_box)
         form.addRow("CT window", self.window_box)
         self.window_label = form.labelForField(self.window_box)
@@ -128,6 +139,7 @@ class SegmentWidget(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
+        layout.addWidget(self.domain_label)
         layout.addWidget(self.status)
         layout.addWidget(QLabel("review: structures, and the least certain slices first (click to go there)"))
         layout.addWidget(self.panel)
@@ -186,6 +198,42 @@ class SegmentWidget(QWidget):
         ct = layer is None or bool(layer.metadata.get("ct_windows", True))
         self.window_box.setVisible(ct)
         self.window_label.setVisible(ct)
+
+    def _card(self):
+        from medseg.bundle import load_card
+
+        model = self.model_edit.text().strip()
+        return load_card(None if model in ("", DEFAULT_MODEL) else model)
+
+    def check_domain(self, *_) -> list[str]:
+        """The chosen scan against what the model was trained on (its card): the warnings are shown
+        in the widget, and once per scan and model as a notification. Returns them."""
+        from medseg.domain import describe_training_data, domain_warnings
+
+        name = self.image_box.currentText()
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        try:
+            card = self._card()
+        except MedsegError as exc:
+            self.card_label.setText(str(exc))
+            self.domain_label.setVisible(False)
+            return []
+        self.card_label.setText(f"{card.name}. {describe_training_data(card)}")
+        if layer is None or SCAN_KEY not in layer.metadata:
+            self.domain_label.setVisible(False)
+            return []
+        key = (id(layer), card.name, self.model_edit.text().strip())
+        new = key not in self._domain
+        if new:
+            self._domain[key] = domain_warnings(layer.metadata[SCAN_KEY], card)
+        found = self._domain[key]
+        self.domain_label.setText(f"⚠ {layer.name} is outside what the model was trained on; check the result closely:\n"
+                                  + "\n".join("• " + w for w in found))
+        self.domain_label.setVisible(bool(found))
+        if new and found:
+            more = f" (+{len(found) - 1} more in the widget)" if len(found) > 1 else ""
+            show_warning(f"outside the model's training data: {found[0]}{more}")
+        return found
 
     def _image(self, name: str | None = None) -> Image:
         name = name or self.image_box.currentText()
@@ -310,9 +358,15 @@ class SegmentWidget(QWidget):
         text = f"{model_name}: found {found}. Correct '{corr_name}' with the paint tools."
         if kept:
             text += f" Your earlier corrections are kept in '{kept}'."
+        if self.image_box.currentText() != layer.name:
+            self.image_box.setCurrentText(layer.name)
+        domain = self.check_domain()
         for note in notes:
-            show_warning(note)
-        self.status.setText("\n".join(["warning: " + n for n in notes] + [text]))
+            if note not in domain:  # an intensity doubt is also a domain warning: told once
+                show_warning(note)
+        if domain:
+            text += f" The scan is outside the model's training data ({len(domain)} warning(s) above): check it closely."
+        self.status.setText("\n".join(["warning: " + n for n in notes if n not in domain] + [text]))
 
     def _keep_corrections(self, pred_name: str, corr_name: str) -> str | None:
         """Before a new result replaces ``corr_name``: a corrected layer the user painted on (it

@@ -462,3 +462,45 @@ def test_a_worker_error_is_one_notification(make_napari_viewer, qtbot, capfd, mo
     err = capfd.readouterr().err
     assert "Traceback" not in err and "array([[" not in err
     assert widget.run_button.isEnabled() and viewer.layers["phantom CT"] is not None  # the viewer goes on
+
+
+@pytest.mark.slow
+def test_domain_warning_for_an_mr_scan_with_the_ct_model(make_napari_viewer, qtbot, tmp_path):
+    """An MR NIfTI (no modality in the file) given to the CT model: a visible warning before and after
+    segmenting; the widget says what the model was trained on; the CT sample gets no warning."""
+    import nibabel as nib
+    from napari.utils.notifications import notification_manager
+
+    from medseg.phantom import make_phantom
+
+    ph = make_phantom(7, shape=(96, 96, 20))
+    rng = np.random.default_rng(1)
+    tissue = np.array([0.0, 520.0, 760.0, 900.0, 880.0, 300.0])  # T2-like: organs brighter than fat here
+    mr = np.where(ph.image > -500, 420.0, 0.0) + tissue[ph.labels] * (ph.labels > 0)
+    mr = (mr + rng.gamma(2.0, 20.0, size=mr.shape)).astype(np.float32)
+    path = tmp_path / "abdomen_t2.nii.gz"
+    nib.save(nib.Nifti1Image(mr, ph.affine), str(path))
+    viewer = make_napari_viewer()
+    viewer.open_sample("medseg", "phantom_ct")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert "Trained on 70 cases" in widget.card_label.text() and "abdomen" in widget.card_label.text()
+    widget.image_box.setCurrentText("phantom CT")
+    assert not widget.domain_label.isVisibleTo(widget)  # the sample is what the model knows
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        layer = viewer.open(str(path), plugin="medseg")[0]
+        widget.image_box.setCurrentText(layer.name)
+        assert widget.domain_label.isVisibleTo(widget)
+        before = widget.domain_label.text()
+        assert "outside what the model was trained on" in before and "MR" in before
+        widget.segment(layer.name)
+        qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    assert widget.corrected is not None and widget.corrected.name == f"{layer.name} corrected"
+    assert widget.domain_label.isVisibleTo(widget) and widget.domain_label.text() == before
+    assert "outside the model's training data" in widget.status.text()
+    warnings = [n.message for n in seen if "training data" in n.message]
+    assert len(warnings) == 1 and "MR" in warnings[0]  # told once, not at every click
