@@ -18,6 +18,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -35,7 +36,8 @@ from medseg.display import CT_WINDOWS, window_limits
 from medseg.errors import MedsegError
 
 from ._autosave import Autosaver, restore
-from ._jobs import DEFAULT_MODEL, Failed, _background, _fine_tune_job, _segment_job
+from ._jobs import DEFAULT_MODEL, Failed, _background, _fine_tune_job, _predictor, _segment_job
+from ._live import LivePreview
 from ._layers import NAMES_KEY, SCAN_KEY, labels_layer
 from ._reader import prefer_medseg_reader
 from ._review import ReviewPanel
@@ -66,6 +68,8 @@ class SegmentWidget(QWidget):
         self.corrected: Labels | None = None
 
         self.autosave = Autosaver(self._fail)
+        self.live = LivePreview(self.viewer, lambda: _predictor(self.model_edit.text().strip(),
+                                                                 self.device_box.currentText()), self._live_failed)
         self.panel = ReviewPanel(self.viewer)
         self._make_controls()
         self._lay_out()
@@ -88,6 +92,8 @@ class SegmentWidget(QWidget):
         self.browse_button.clicked.connect(self._browse_model)
         self.device_box = QComboBox()
         self.device_box.addItems(["auto", "cpu", "cuda"])
+        self.live_box = QCheckBox("live preview: segment the axial slice on screen as you scroll")
+        self.live_box.toggled.connect(self.set_live)
         self.window_box = QComboBox()
         self.window_box.addItems(list(CT_WINDOWS))
         self.window_box.textActivated.connect(self.set_window)
@@ -131,6 +137,7 @@ class SegmentWidget(QWidget):
         form.addRow("", self.card_label)
         form.addRow("device", self.device_box)
         form.addRow("CT window", self.window_box)
+        form.addRow("", self.live_box)
         self.window_label = form.labelForField(self.window_box)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -235,6 +242,25 @@ class SegmentWidget(QWidget):
             show_warning(f"outside the model's training data: {found[0]}{more}")
         return found
 
+    def set_live(self, on: bool) -> None:
+        """Live preview of the chosen image on or off (the checkbox)."""
+        if not on:
+            self.live.stop()
+            return
+        try:
+            layer = self._image()
+            self.live.start(layer)
+        except Exception as exc:  # noqa: BLE001 - the one error path
+            self._live_failed(exc)
+            return
+        self.status.setText(f"live preview of {layer.name}: scroll through the axial slices (Segment runs them all)")
+
+    def _live_failed(self, exc: BaseException) -> None:
+        self.live_box.blockSignals(True)
+        self.live_box.setChecked(False)
+        self.live_box.blockSignals(False)
+        self._fail(exc)
+
     def _image(self, name: str | None = None) -> Image:
         name = name or self.image_box.currentText()
         if not name or name not in self.viewer.layers:
@@ -334,6 +360,10 @@ class SegmentWidget(QWidget):
 
     def _show_result(self, layer: Image, scan, labels, entropy, names, model_name, notes=()) -> None:
         pred_name, corr_name = f"{layer.name} prediction", f"{layer.name} corrected"
+        if self.live.image is layer or f"{layer.name} live" in self.viewer.layers:  # the full result replaces it
+            self.live_box.setChecked(False)
+            if f"{layer.name} live" in self.viewer.layers:
+                self.viewer.layers.remove(f"{layer.name} live")
         kept = self._keep_corrections(pred_name, corr_name)
         if pred_name in self.viewer.layers:
             self.viewer.layers.remove(pred_name)

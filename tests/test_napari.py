@@ -504,3 +504,29 @@ def test_domain_warning_for_an_mr_scan_with_the_ct_model(make_napari_viewer, qtb
     assert "outside the model's training data" in widget.status.text()
     warnings = [n.message for n in seen if "training data" in n.message]
     assert len(warnings) == 1 and "MR" in warnings[0]  # told once, not at every click
+
+
+@pytest.mark.slow
+def test_live_preview_gives_the_full_runs_labels(make_napari_viewer, qtbot):
+    """Live mode segments the axial slice on screen as the user scrolls; each slice equals the full run's."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("medseg", "phantom_ct")
+    widget = SegmentWidget(viewer)
+    image = viewer.layers["phantom CT"]
+    widget.image_box.setCurrentText("phantom CT")
+    widget.live_box.setChecked(True)
+    live = viewer.layers["phantom CT live"]
+    assert not live.editable and live.data.shape == image.data.shape
+    last = image.data.shape[0] - 1
+    for k in (0, last // 2, last):
+        viewer.dims.set_point(0, float(image.data_to_world((k, 0, 0))[0]))
+        qtbot.waitUntil(lambda k=k: k in widget.live.done, timeout=10_000)
+    shown = {k: live.data[k].copy() for k in widget.live.done}
+    assert set(shown) >= {0, last // 2, last} and live.data[1].max() == 0  # only the slices scrolled to
+    assert shown[last // 2].max() > 0  # organs at mid-abdomen
+    widget.segment("phantom CT")
+    qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
+    full = viewer.layers["phantom CT prediction"].data
+    for k, labels in shown.items():
+        np.testing.assert_array_equal(labels, full[k])
+    assert "phantom CT live" not in viewer.layers and not widget.live_box.isChecked()
