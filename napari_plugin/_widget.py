@@ -41,6 +41,7 @@ from ._live import LivePreview
 from ._layers import NAMES_KEY, SCAN_KEY, labels_layer
 from ._reader import prefer_medseg_reader
 from ._review import ReviewPanel
+from ._views import follow_radiological_convention, open_multiplanar, show_plane
 from ._writer import labels_in_scan_order
 
 
@@ -82,6 +83,7 @@ class SegmentWidget(QWidget):
             self._adopt(layer)
         self._refresh_images()
         self.check_domain()
+        follow_radiological_convention(self.viewer)  # superior up in coronal and sagittal, right on the left
         if prefer_medseg_reader():  # scans open with medseg from now on, without "choose reader"
             self.status.setText("medseg now opens NIfTI, NRRD, MHA and DICOM files (Preferences > Plugins to change)")
 
@@ -92,6 +94,14 @@ class SegmentWidget(QWidget):
         self.browse_button.clicked.connect(self._browse_model)
         self.device_box = QComboBox()
         self.device_box.addItems(["auto", "cpu", "cuda"])
+        self.plane_buttons = {}
+        for plane in ("axial", "coronal", "sagittal"):
+            button = QPushButton(plane)
+            button.clicked.connect(lambda _=False, p=plane: show_plane(self.viewer, p))
+            self.plane_buttons[plane] = button
+        self.mpr_button = QPushButton("multi-planar")
+        self.mpr_button.setToolTip("axial, coronal and sagittal side by side, linked, radiological convention")
+        self.mpr_button.clicked.connect(lambda: self.multiplanar())
         self.live_box = QCheckBox("live preview: segment the axial slice on screen as you scroll")
         self.live_box.toggled.connect(self.set_live)
         self.window_box = QComboBox()
@@ -137,6 +147,10 @@ class SegmentWidget(QWidget):
         form.addRow("", self.card_label)
         form.addRow("device", self.device_box)
         form.addRow("CT window", self.window_box)
+        views = QHBoxLayout()
+        for button in [*self.plane_buttons.values(), self.mpr_button]:
+            views.addWidget(button)
+        form.addRow("view", views)
         form.addRow("", self.live_box)
         self.window_label = form.labelForField(self.window_box)
         buttons = QHBoxLayout()
@@ -241,6 +255,14 @@ class SegmentWidget(QWidget):
             more = f" (+{len(found) - 1} more in the widget)" if len(found) > 1 else ""
             show_warning(f"outside the model's training data: {found[0]}{more}")
         return found
+
+    def multiplanar(self):
+        """One click: axial, coronal and sagittal at once, linked (a dock beside the main view)."""
+        try:
+            return open_multiplanar(self.viewer)
+        except Exception as exc:  # noqa: BLE001 - the one error path
+            self._fail(exc)
+            return None
 
     def set_live(self, on: bool) -> None:
         """Live preview of the chosen image on or off (the checkbox)."""

@@ -530,3 +530,21 @@ def test_live_preview_gives_the_full_runs_labels(make_napari_viewer, qtbot):
     for k, labels in shown.items():
         np.testing.assert_array_equal(labels, full[k])
     assert "phantom CT live" not in viewer.layers and not widget.live_box.isChecked()
+
+
+def test_view_buttons_keep_the_radiological_convention(make_napari_viewer):
+    """The widget's plane buttons show each plane superior-up / right-on-the-left; multi-planar docks the others."""
+    from medseg_napari._views import _camera, displayed_plane
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("medseg", "phantom_ct")
+    widget = SegmentWidget(viewer)
+    widget.plane_buttons["coronal"].click()
+    assert displayed_plane(viewer) == "coronal" and tuple(_camera(viewer).orientation)[1:] == ("up", "right")
+    widget.plane_buttons["sagittal"].click()
+    assert displayed_plane(viewer) == "sagittal" and tuple(_camera(viewer).orientation)[1:] == ("up", "right")
+    widget.plane_buttons["axial"].click()
+    assert displayed_plane(viewer) == "axial" and tuple(_camera(viewer).orientation)[1:] == ("down", "right")
+    mpr = widget.multiplanar()
+    assert set(mpr.views) == {"axial", "coronal", "sagittal"} and "phantom CT" in mpr.views["coronal"].layers
+    mpr.close_views()
