@@ -16,20 +16,21 @@ import copy
 import math
 import os
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable
 
+import nibabel as nib
 import numpy as np
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .bundle import Bundle
 from .errors import MedsegError
-from .geometry import canonical_spacing, canonical_view, from_canonical
+from .geometry import AXES, canonical_spacing, canonical_view, from_canonical
 from .io import Scan
 from .transforms import (
     context_indices,
     intensity_range,
-    intensity_transform,
     read_slices,
     resize_slices,
     target_size,
@@ -60,6 +61,76 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+# What the per-slice uncertainty means (see :func:`slice_uncertainty`), for reports and the viewer.
+UNCERTAINTY_SCALE = "share of the voxels near predicted structures whose class is uncertain (0..1)"
+UNCERTAIN_SLICE = 0.08  # review slices above this (on shifted phantoms: 2/3 of the bad slices, 3/4 of those flagged are bad)
+UNCERTAIN_ENTROPY = 0.3  # a voxel is uncertain when its normalised entropy exceeds this
+NEAR_FOREGROUND = 0.9  # "near a structure": p(background) below this, ...
+NEAR_MM = 4.0  # ... or within this many millimetres of such a voxel
+
+
+def slice_uncertainty(
+    logits: torch.Tensor,
+    spacing: tuple[float, float],
+    *,
+    entropy_level: float = UNCERTAIN_ENTROPY,
+    near_foreground: float = NEAR_FOREGROUND,
+    near_mm: float = NEAR_MM,
+) -> torch.Tensor:
+    """Per-slice uncertainty (B,) of logits (B, K, H, W) whose pixels are ``spacing`` mm apart.
+
+    The share of the voxels (every other row and column) near predicted structures
+    (p(background) < ``near_foreground``, dilated by ``near_mm``) whose normalised entropy
+    (0 = certain, 1 = uniform over the K classes; an even split between two of 6 classes is 0.39)
+    exceeds ``entropy_level``; 0 for a slice with nothing near a structure. Class 0 is the
+    background. Unlike the mean entropy over the whole slice, confident background does not
+    dilute it. Levels were chosen with ``benchmarks/uncertainty_shift.py``.
+    """
+    # every other pixel: a share needs no full resolution, and this keeps the cost a few % of the model's
+    logp = torch.log_softmax(logits[:, :, ::2, ::2].float(), dim=1)
+    ent = -(logp.exp() * logp).sum(dim=1) / math.log(max(logits.shape[1], 2))
+    near = (logp[:, 0] < math.log(near_foreground)).float()[:, None]
+    ry, rx = (max(0, int(round(near_mm / (2.0 * float(s))))) for s in spacing)
+    if ry or rx:
+        near = torch.nn.functional.max_pool2d(near, (2 * ry + 1, 2 * rx + 1), stride=1, padding=(ry, rx))
+    near = near[:, 0] > 0
+    uncertain = (near & (ent > entropy_level)).flatten(1).sum(dim=1).float()
+    return uncertain / near.flatten(1).sum(dim=1).clamp_min(1).float()
+
+
+def _scale(raw: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``raw`` clipped to [low, high] and scaled to [0, 1]: :func:`~medseg.transforms.intensity_transform`'s
+    values (the same float operations), without MONAI's per-call overhead."""
+    return ((raw - low) / (high - low if high > low else 1.0)).clamp_(0.0, 1.0)
+
+
+def _model_input(
+    volume: np.ndarray, start: int, stop: int, intensity: tuple[float, float], size_in: tuple[int, int], context: int, device: torch.device
+) -> torch.Tensor:
+    """Model input (stop - start, 2k+1, H', W') for slices ``start:stop`` of ``volume`` (X, Y, Z).
+
+    Each slice and its neighbours is read, scaled and resampled once, then stacked into 2k+1
+    channels per slice (neighbours clamped at the volume's ends).
+    """
+    depth = volume.shape[2]
+    lo, hi = max(start - context, 0), min(stop + context, depth)
+    raw = read_slices(volume, lo, hi).to(device)
+    x = _scale(raw, *intensity)
+    if volume.dtype.kind == "f":  # NaN/inf voxels take the background value (0 after scaling)
+        x = torch.where(torch.isfinite(raw), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    x = resize_slices(x[:, None], size_in, "bilinear")[:, 0]
+    channels = torch.from_numpy(context_indices(np.arange(start, stop), context, depth) - lo).to(device)
+    return x[channels].contiguous(memory_format=torch.channels_last)
+
+
+def _classes(logits: torch.Tensor, size: tuple[int, int], lut: torch.Tensor | None) -> torch.Tensor:
+    """Logits (B, K, H', W') resampled to ``size`` and reduced to label values (B, X, Y)."""
+    logits = resize_slices(logits, size, "bilinear")
+    # argmax over a contiguous last axis is ~4x faster than over the channel axis
+    classes = logits.movedim(1, -1).contiguous().argmax(dim=-1)
+    return classes if lut is None else lut[classes]
+
+
 def predict_volume(
     volume: np.ndarray,
     spacing: tuple[float, float],
@@ -80,13 +151,12 @@ def predict_volume(
     ``context`` neighbours on each side as channels) is scaled from ``intensity`` to [0, 1],
     resampled to ``target_spacing``, passed to ``predictor``, and its logits resampled back
     before the argmax. ``label_values[c]`` is written for class ``c`` (default: ``c``).
-    ``uncertainty``, when given (length = number of slices), receives each slice's mean
-    normalised entropy of the class probabilities (0 = certain, 1 = uniform), for worst-first review.
+    ``uncertainty``, when given (length = number of slices), receives each slice's
+    :func:`slice_uncertainty` (:data:`UNCERTAINTY_SCALE`), for worst-first review.
     """
     device = torch.device(device)
     x_size, y_size, depth = volume.shape
     size_in = target_size((x_size, y_size), spacing, target_spacing)
-    scale = intensity_transform(*intensity)
     lut = None if label_values is None else torch.as_tensor(label_values, device=device)
     out_dtype = np.uint8 if (label_values is None or max(label_values) < 256) else np.uint16
     out = np.zeros((depth, x_size, y_size), dtype=out_dtype)  # slice-major: contiguous writes
@@ -94,28 +164,11 @@ def predict_volume(
     with torch.inference_mode(), autocast:
         for start in range(0, depth, batch_size):
             stop = min(start + batch_size, depth)
-            # Each slice of the batch and its neighbours is read, scaled and resampled once,
-            # then stacked into 2k+1 channels per slice.
-            lo, hi = max(start - context, 0), min(stop + context, depth)
-            raw = read_slices(volume, lo, hi).to(device)
-            x = scale(raw)
-            x = x.as_tensor() if hasattr(x, "as_tensor") else x
-            if volume.dtype.kind == "f":  # NaN/inf voxels take the background value (0 after scaling)
-                x = torch.where(torch.isfinite(raw), x, torch.zeros((), dtype=x.dtype, device=x.device))
-            x = resize_slices(x[:, None], size_in, "bilinear")[:, 0]
-            channels = torch.from_numpy(context_indices(np.arange(start, stop), context, depth) - lo).to(device)
-            x = x[channels].contiguous(memory_format=torch.channels_last)
+            x = _model_input(volume, start, stop, intensity, size_in, context, device)
             logits = predictor(x).float()
             if uncertainty is not None:
-                p = torch.softmax(logits, dim=1)
-                ent = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1) / math.log(max(p.shape[1], 2))
-                uncertainty[start:stop] = ent.flatten(1).mean(dim=1).cpu().numpy()
-            logits = resize_slices(logits, (x_size, y_size), "bilinear")
-            # argmax over a contiguous last axis is ~4x faster than over the channel axis
-            classes = logits.movedim(1, -1).contiguous().argmax(dim=-1)
-            if lut is not None:
-                classes = lut[classes]
-            out[start:stop] = classes.cpu().numpy()
+                uncertainty[start:stop] = slice_uncertainty(logits, target_spacing).cpu().numpy()
+            out[start:stop] = _classes(logits, (x_size, y_size), lut).cpu().numpy()
             if progress is not None:
                 progress(stop, depth)
     return out.transpose(1, 2, 0)
@@ -151,6 +204,37 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     return _fold_batch_norms(copy.deepcopy(model))
 
 
+@dataclass(eq=False)
+class LiveScan:
+    """What :meth:`Predictor.predict_slice` needs of a scan, computed once (:meth:`Predictor.prepare_live`).
+
+    ``view`` is the scan's voxels in the model's axis order (a view, no copy), ``intensity`` the
+    range mapped to [0, 1] (for MR the percentiles of the whole volume, as the full run uses),
+    ``to_display`` the nibabel orientation transform from the model's axes to display (LPS) axes.
+    """
+
+    scan: Scan
+    view: np.ndarray
+    spacing: tuple[float, float]
+    intensity: tuple[float, float]
+    size_in: tuple[int, int]
+    to_display: np.ndarray
+
+    @property
+    def depth(self) -> int:
+        return int(self.view.shape[2])
+
+    def model_slice(self, k: int) -> int:
+        """The model-order slice that is display axial slice ``k`` (inferior to superior)."""
+        if not 0 <= int(k) < self.depth:
+            raise MedsegError(f"{self.scan.source}: axial slice {k} is outside 0..{self.depth - 1}")
+        return int(k) if self.to_display[2, 1] > 0 else self.depth - 1 - int(k)
+
+    def display_slice(self, labels: np.ndarray) -> np.ndarray:
+        """A model-order slice (X, Y) in display order (P, L)."""
+        return np.ascontiguousarray(nib.orientations.apply_orientation(labels[:, :, None], self.to_display)[:, :, 0].T)
+
+
 class Predictor:
     """A model made ready once, then used for many scans (nnU-Net v2's predictor, in small).
 
@@ -170,6 +254,7 @@ class Predictor:
         model = _fold_batch_norms(copy.deepcopy(bundle.model).eval())
         # channels-last convolutions are ~10 % faster on CPU (oneDNN) and on GPU tensor cores
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
+        self._live_cache: dict[int, LiveScan] = {}
 
     @classmethod
     def from_folder(
@@ -209,7 +294,8 @@ class Predictor:
         """Label map for ``scan`` on the scan's own grid (same shape and axis order as ``scan.array``).
 
         ``uncertainty`` (optional, one value per axial slice, inferior to superior) receives each
-        slice's mean normalised entropy (see :func:`predict_volume`).
+        slice's :func:`slice_uncertainty` (:data:`UNCERTAINTY_SCALE`; review slices above
+        :data:`UNCERTAIN_SLICE` first).
 
         Scans that cannot be segmented (wrong modality, no finite voxel, no contrast, values
         outside any CT/MR range) raise :class:`MedsegError`; doubts (intensities outside the
@@ -234,6 +320,66 @@ class Predictor:
             uncertainty=uncertainty,
         )
         return np.ascontiguousarray(from_canonical(labels, ornt, card.orientation))
+
+    def prepare_live(self, scan: Scan, on_warning: Callable[[str], None] | None = None) -> LiveScan:
+        """Check ``scan`` once and keep what :meth:`predict_slice` needs of it (no copy of the voxels)."""
+        self.check_scan(scan, on_warning)
+        card = self.card
+        view, ornt = canonical_view(scan.array, scan.affine, card.orientation)
+        spacing = canonical_spacing(scan.affine, ornt)
+        spacing2 = (float(spacing[0]), float(spacing[1]))
+        to_display = nib.orientations.ornt_transform(
+            nib.orientations.axcodes2ornt(tuple(card.orientation)), nib.orientations.axcodes2ornt(tuple(AXES))
+        )
+        if int(to_display[2, 0]) != 2:
+            raise MedsegError(f"model '{card.name}': orientation {card.orientation} does not slice axially")
+        return LiveScan(
+            scan=scan,
+            view=view,
+            spacing=spacing2,
+            intensity=intensity_range(view, card.preprocessing),
+            size_in=target_size(view.shape[:2], spacing2, tuple(card.spacing)),
+            to_display=to_display,
+        )
+
+    def _live(self, scan: Scan, cache: LiveScan | None) -> LiveScan:
+        if cache is not None:
+            return cache
+        hit = self._live_cache.get(id(scan))
+        if hit is None or hit.scan is not scan:
+            hit = self.prepare_live(scan)
+            if len(self._live_cache) >= 4:
+                self._live_cache.pop(next(iter(self._live_cache)))
+            self._live_cache[id(scan)] = hit
+        return hit
+
+    def predict_slice_with_uncertainty(
+        self, scan: Scan, k: int, *, cache: LiveScan | None = None
+    ) -> tuple[np.ndarray, float]:
+        """:meth:`predict_slice` and that slice's :func:`slice_uncertainty` (as ``predict_scan`` gives it)."""
+        live = self._live(scan, cache)
+        card = self.card
+        z = live.model_slice(k)
+        lut = torch.as_tensor(card.label_values, device=self.device)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else nullcontext()
+        with torch.inference_mode(), autocast:
+            x = _model_input(live.view, z, z + 1, live.intensity, live.size_in,
+                             card.context_slices, self.device)
+            logits = self.model(x).float()
+            score = float(slice_uncertainty(logits, tuple(card.spacing))[0])
+            classes = _classes(logits, live.view.shape[:2], lut)[0].cpu().numpy()
+        out_dtype = np.uint8 if max(card.label_values) < 256 else np.uint16
+        return live.display_slice(classes.astype(out_dtype, copy=False)), score
+
+    def predict_slice(self, scan: Scan, k: int, *, cache: LiveScan | None = None) -> np.ndarray:
+        """Labels (P, L) of display axial slice ``k``, for a live preview as the user scrolls.
+
+        Equal to ``to_display(self.predict_scan(scan), scan.affine)[0][k]``: the same neighbour
+        slices, intensity range and resampling, one slice at a time. ``cache`` is
+        :meth:`prepare_live`'s result; without it the predictor keeps one for the last few scans
+        (by identity), so the MR percentile range is computed once per scan.
+        """
+        return self.predict_slice_with_uncertainty(scan, k, cache=cache)[0]
 
     def predict_file(
         self,

@@ -57,7 +57,10 @@ def test_cuda_live_slice_matches_the_full_run(phantom):
         pytest.skip("Predictor.predict_slice not available")
     full, _ = to_display(predictor.predict_scan(scan), scan.affine)
     for k in (0, 11, full.shape[0] - 1):
-        np.testing.assert_array_equal(predictor.predict_slice(scan, k), full[k])
+        # fp16 autocast: one slice and a batch of 8 take different kernels, so a few boundary
+        # voxels may differ on the GPU (the CPU gives the same labels exactly: test_live_slice.py)
+        agree = float((predictor.predict_slice(scan, k) == full[k]).mean())
+        assert agree >= 0.998, (k, agree)
 
 
 def test_training_on_cuda(tmp_path):

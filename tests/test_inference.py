@@ -201,28 +201,32 @@ def _uncertainty_of(logits_for_slice, depth):
     return unc
 
 
-def test_uncertainty_is_the_mean_normalised_entropy_per_slice():
+def test_uncertainty_is_the_share_of_uncertain_voxels_near_structures():
+    """predict_volume fills ``uncertainty`` with slice_uncertainty: the share of voxels near predicted
+    structures (p(background) < 0.9, widened by 4 mm) whose normalised entropy exceeds 0.3."""
     log3 = math.log(3.0)
 
     def logits(z, shape):
         two = torch.zeros(2, *shape)
-        if z == 0:  # one-hot confident
+        if z == 0:  # confident background everywhere: nothing near a structure
             two[0] = 100.0
-        elif z == 2:  # logits (0, log 3): p = (0.25, 0.75)
+        elif z == 2:  # p = (0.25, 0.75): entropy 0.81 everywhere
             two[1] = log3
-        elif z == 3:  # half the pixels confident, half uniform: mean 0.5
+        elif z == 3:  # confident background in the top half, uniform below
             two[0, : shape[0] // 2] = 100.0
+        elif z == 4:  # a confident structure: near, but certain
+            two[1] = 100.0
         return two  # z == 1: uniform (all zeros)
 
-    unc = _uncertainty_of(logits, 4)
-    known = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2.0)
-    assert known == pytest.approx(0.8113, abs=1e-4)
-    np.testing.assert_allclose(unc, [0.0, 1.0, known, 0.5], atol=1e-5)
+    unc = _uncertainty_of(logits, 5)
+    np.testing.assert_allclose(unc[[0, 1, 2, 4]], [0.0, 1.0, 1.0, 0.0], atol=1e-6)
+    assert 0.0 < unc[3] < 1.0  # certain voxels within 4 mm of the uncertain half count in the share
 
 
 def test_uncertainty_is_normalised_by_the_number_of_classes():
     unc = _uncertainty_of(lambda z, shape: torch.zeros(5, *shape), 3)  # uniform over 5 classes
     np.testing.assert_allclose(unc, [1.0, 1.0, 1.0], atol=1e-6)
-    # p = (0.5, 0.5, 0, 0): entropy log 2 of log 4
-    unc = _uncertainty_of(lambda z, shape: torch.tensor([0.0, 0.0, -200.0, -200.0])[:, None, None].expand(4, *shape), 3)
-    np.testing.assert_allclose(unc, [0.5, 0.5, 0.5], atol=1e-6)
+    # p = (0.9, 0.1 / 3, ...) over 4 classes: entropy 0.27 of log 4, below the 0.3 level: certain enough
+    p = torch.tensor([0.9, 0.1 / 3, 0.1 / 3, 0.1 / 3])
+    unc = _uncertainty_of(lambda z, shape: p.log()[:, None, None].expand(4, *shape), 3)
+    np.testing.assert_allclose(unc, [0.0, 0.0, 0.0], atol=1e-6)
