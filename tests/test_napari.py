@@ -389,7 +389,9 @@ def test_widget_shows_intensity_doubts_and_refuses_garbage(make_napari_viewer, q
     widget.segment(layer.name)
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert widget.corrected is not None
-    assert widget.status.text().startswith("warning:") and "outside the range" in widget.status.text()
+    # the intensity doubt is one of the domain warnings shown above the status (told once, not twice)
+    assert "outside the range" in widget.domain_label.text() and widget.domain_label.isVisibleTo(widget)
+    assert "outside the model's training data" in widget.status.text() and "outside the range" not in widget.status.text()
     layer = viewer.open(str(nan), plugin="medseg")[0]
     n_layers = len(viewer.layers)
     widget.segment(layer.name)
