@@ -90,19 +90,3 @@ def _segment_job(scan, model_path, device, progress):
     notes: list[str] = []  # medseg's doubts about the scan (e.g. intensities outside the training range)
     labels = predictor.predict_scan(scan, progress=progress, uncertainty=entropy, on_warning=notes.append)
     return labels, entropy, predictor.card.labels, predictor.card.name, notes
-
-
-def _fine_tune_job(dataset, run_dir, init, epochs, steps, device, progress):
-    from medseg.data import find_cases
-    from medseg.training import TrainConfig, train
-
-    # a handful of corrected cases: validate on them all; more: hold one out
-    val_cases = 0 if len(find_cases(dataset)[0]) < 4 else 1
-    cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps, init=init, device=device, val_cases=val_cases,
-                      name="medseg-finetuned", hd95=False)
-
-    def on_step(done: int, total: int, row: dict) -> None:
-        progress(done, total)
-
-    bundle = train(dataset, run_dir, cfg, on_step=on_step, command="napari: medseg Fine-tune")
-    return str(Path(run_dir) / "best"), bundle.card.training.get("val_dice", {})

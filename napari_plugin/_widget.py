@@ -20,7 +20,6 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -36,13 +35,14 @@ from medseg.display import CT_WINDOWS, window_limits
 from medseg.errors import MedsegError
 
 from ._autosave import Autosaver, restore
-from ._jobs import DEFAULT_MODEL, Failed, _background, _fine_tune_job, _predictor, _segment_job
+from ._finetune import DEFAULT_EPOCHS
+from ._jobs import DEFAULT_MODEL, Failed, _background, _predictor, _segment_job
 from ._live import LivePreview
-from ._layers import NAMES_KEY, SCAN_KEY, labels_layer
+from ._layers import SCAN_KEY, labels_layer
 from ._reader import prefer_medseg_reader
 from ._review import ReviewPanel
 from ._views import follow_radiological_convention, open_multiplanar, show_plane
-from ._writer import labels_in_scan_order
+from ._tuning import TuningMixin
 
 
 def describe(exc: BaseException) -> str:
@@ -56,7 +56,7 @@ def debugging() -> bool:
     """``MEDSEG_DEBUG=1``: failures also print their traceback in the terminal."""
     return os.environ.get("MEDSEG_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
-class SegmentWidget(QWidget):
+class SegmentWidget(TuningMixin, QWidget):
     """Dock widget: Segment, review (uncertain slices first), correct, save, add to a dataset, fine-tune."""
 
     def __init__(self, napari_viewer):
@@ -133,7 +133,8 @@ class SegmentWidget(QWidget):
         self.add_button.clicked.connect(self._add_dialog)
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 500)
-        self.epochs.setValue(10)
+        self.epochs.setValue(DEFAULT_EPOCHS)
+        self.epochs.setToolTip("about half a minute per epoch and case on 2 CPU cores")
         self.tune_button = QPushButton("Fine-tune")
         self.tune_button.clicked.connect(self._fine_tune_dialog)
 
@@ -311,26 +312,37 @@ class SegmentWidget(QWidget):
         if debugging():
             traceback.print_exception(type(exc), exc, exc.__traceback__)
 
-    def _start(self, worker, on_done, label: str) -> None:
+    def _start(self, worker, on_done, label: str, on_tick=None, on_cancel=None) -> None:
+        """Run ``worker``: progress bar, Cancel, one error path. ``on_tick()`` runs in the GUI thread
+        at each report (e.g. to show epoch and loss); ``on_cancel()`` gives the line shown after Cancel."""
         self.worker = worker
         self.running = True
         self.run_button.setEnabled(False)
+        self.tune_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setValue(0)
         self.status.setText(label)
+
+        def cancelled():
+            message = on_cancel() if on_cancel is not None else "cancelled"
+            self.status.setText(message)
+            if on_cancel is not None:
+                show_info(message)
 
         def yielded(value):
             if value is not None:
                 done, total = value
                 self.progress.setMaximum(max(total, 1))
                 self.progress.setValue(done)
+            if on_tick is not None:
+                on_tick()
 
         def returned(value):
             if isinstance(value, Failed):
                 self._fail(value.error)
                 return
             if value is None:
-                self.status.setText("cancelled")
+                cancelled()
                 return
             try:
                 on_done(value)
@@ -341,11 +353,12 @@ class SegmentWidget(QWidget):
             self.running = False
             self.worker = None
             self.run_button.setEnabled(True)
+            self.tune_button.setEnabled(True)
             self.cancel_button.setEnabled(False)
 
         worker.yielded.connect(yielded)
         worker.returned.connect(returned)
-        worker.aborted.connect(lambda: self.status.setText("cancelled"))
+        worker.aborted.connect(cancelled)
         worker.errored.connect(self._fail)
         worker.finished.connect(finished)
         worker.start()
@@ -445,95 +458,3 @@ class SegmentWidget(QWidget):
         value = self.label_box.currentData()
         if self.corrected is not None and value is not None:
             self.corrected.selected_label = int(value)
-
-    # ------------------------------------------------------------------ save, dataset, fine-tune
-
-    def _labels_layer(self) -> Labels:
-        active = self.viewer.layers.selection.active
-        if isinstance(active, Labels):
-            return active
-        if self.corrected is not None and self.corrected in self.viewer.layers:
-            return self.corrected
-        raise MedsegError("no Labels layer to save: segment a scan first, or select a Labels layer")
-
-    def save(self, path: str | Path, layer: Labels | None = None) -> Path | None:
-        """Write the corrected mask (or ``layer``) as NIfTI in its scan's geometry."""
-        from medseg.io import save_mask
-
-        try:
-            layer = layer or self._labels_layer()
-            labels, scan = labels_in_scan_order(layer.data, layer.metadata, layer.name)
-            out = save_mask(labels, scan, path)
-            self.autosave.forget(layer)  # safe in the user's own file now
-        except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
-            return None
-        show_info(f"saved {out}")
-        self.status.setText(f"saved {out}")
-        return out
-
-    def add_to_training_set(self, folder: str | Path, layer: Labels | None = None):
-        """Append the scan and its corrected mask to a dataset folder (nnU-Net layout)."""
-        from medseg.data import add_case
-
-        try:
-            layer = layer or self._labels_layer()
-            labels, scan = labels_in_scan_order(layer.data, layer.metadata, layer.name)
-            names = layer.metadata.get(NAMES_KEY) or {"background": 0}
-            case = add_case(folder, scan, labels, names)
-        except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
-            return None
-        self.dataset_dir = Path(folder)
-        show_info(f"added {case.name} to {folder}")
-        self.status.setText(f"added {case.name} to {folder}")
-        return case
-
-    def fine_tune(self, run_dir: str | Path, dataset: str | Path | None = None, epochs: int | None = None,
-                  steps: int = 20) -> None:
-        """Fine-tune the current model on the dataset folder in a worker; the result becomes the model."""
-        if self.running:
-            return
-        dataset = Path(dataset) if dataset else self.dataset_dir
-        if dataset is None:
-            self._fail(MedsegError("no training set yet: use 'Add to training set…' first"))
-            return
-        model = self.model_edit.text().strip()
-        init = None if model in ("", DEFAULT_MODEL) else model
-        if init is None:
-            from medseg.bundle import default_bundle_path
-
-            init = str(default_bundle_path())
-        self._cancel = threading.Event()
-        job = thread_worker(_background, ignore_errors=True)(_fine_tune_job, str(dataset), str(run_dir), init,
-                                         int(epochs or self.epochs.value()), steps, self.device_box.currentText(),
-                                         cancel=self._cancel)
-
-        def done(value):
-            best, dice = value
-            self.model_edit.setText(best)
-            summary = ", ".join(f"{k} {v:.2f}" for k, v in dice.items())
-            show_info(f"fine-tuned model ready: {best}")
-            self.status.setText(f"fine-tuned model (Dice {summary}) is now the model for Segment: {best}")
-
-        self._start(job, done, f"fine-tuning on {dataset}…")
-
-    def _browse_model(self):
-        folder = QFileDialog.getExistingDirectory(self, "Model bundle folder")
-        if folder:
-            self.model_edit.setText(folder)
-
-    def _save_dialog(self):
-        path, _ = QFileDialog.getSaveFileName(self, "Save mask", "", "NIfTI (*.nii.gz *.nii)")
-        if path:
-            self.save(path)
-
-    def _add_dialog(self):
-        folder = QFileDialog.getExistingDirectory(self, "Training set folder")
-        if folder:
-            self.add_to_training_set(folder)
-
-    def _fine_tune_dialog(self):
-        folder = QFileDialog.getExistingDirectory(self, "Folder for the fine-tuning run (a new, empty folder)")
-        if folder:
-            self.fine_tune(folder)

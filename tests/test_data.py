@@ -119,3 +119,76 @@ def test_json_naming_missing_files_and_empty(tmp_path):
     (empty / "labelsTr").mkdir()
     (empty / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "x": 1}}))
     assert any("empty" in p for p in index_dataset(empty).problems)
+
+
+# ---------------------------------------------------------------------------------------------- add_case
+
+
+def _scan_file(tmp_path, seed, name, order=(0, 1, 2)):
+    """A phantom written as ``name`` (its axes stored in ``order``), read back as the widget would."""
+    from medseg.io import load_scan, save_image
+
+    ph = make_phantom(seed, shape=SHAPE, spacing=SPACING)
+    scan = ph.as_scan()
+    if order != (0, 1, 2):
+        affine = scan.affine.copy()
+        affine[:3, :3] = scan.affine[:3, list(order)]
+        scan = type(scan)(np.ascontiguousarray(scan.array.transpose(order)), affine, scan.source, "CT")
+        labels = np.ascontiguousarray(ph.labels.transpose(order))
+    else:
+        labels = ph.labels
+    save_image(scan, tmp_path / name)
+    return load_scan(tmp_path / name), labels
+
+
+def test_adding_the_same_scan_again_updates_its_case(tmp_path):
+    from medseg.data import add_case
+    from medseg.io import load_scan
+    from medseg.phantom import LABELS
+
+    root = tmp_path / "ds"
+    scan, labels = _scan_file(tmp_path, 3, "patient.nii.gz")
+    first = add_case(root, scan, labels, LABELS)
+    assert (first.name, first.updated) == ("patient", False)
+    corrected = labels.copy()
+    corrected[labels == 1] = 0  # the reviewer removed the liver
+    again = add_case(root, load_scan(tmp_path / "patient.nii.gz"), corrected, LABELS)
+    assert (again.name, again.updated, again.label) == ("patient", True, first.label)
+    cases, meta = find_cases(root)
+    assert [c.name for c in cases] == ["patient"] and meta["numTraining"] == 1
+    assert np.array_equal(load_scan(first.label).array, corrected)  # the label file was replaced
+    assert check_dataset(root).problems == []
+    assert not [p for p in root.rglob(".*")]  # no temporary files left
+
+
+def test_a_different_scan_with_a_taken_name_gets_a_suffix_and_updates_there(tmp_path):
+    from medseg.data import add_case
+    from medseg.phantom import LABELS
+
+    root = tmp_path / "ds"
+    a, la = _scan_file(tmp_path / "a", 3, "patient.nii.gz")
+    b, lb = _scan_file(tmp_path / "b", 4, "patient.nii.gz")  # same name and grid, other voxels
+    assert add_case(root, a, la, LABELS).name == "patient"
+    second = add_case(root, b, lb, LABELS)
+    assert (second.name, second.updated) == ("patient_2", False)
+    third = add_case(root, b, lb, LABELS)  # the numbered variant is recognised as the same scan
+    assert (third.name, third.updated) == ("patient_2", True)
+    assert [c.name for c in find_cases(root)[0]] == ["patient", "patient_2"]
+    # the same scan under another name is a new case (only same-named cases are compared)
+    assert add_case(root, a, la, LABELS, case="renamed").updated is False
+
+
+def test_update_writes_the_labels_in_the_stored_images_axis_order(tmp_path):
+    from medseg.data import add_case
+    from medseg.io import load_scan
+    from medseg.phantom import LABELS
+
+    root = tmp_path / "ds"
+    stored, lab_stored = _scan_file(tmp_path / "a", 5, "p.nii.gz", order=(2, 0, 1))
+    add_case(root, stored, lab_stored, LABELS)
+    scan, labels = _scan_file(tmp_path / "b", 5, "p.nii.gz")  # the same grid, stored in the usual order
+    case = add_case(root, scan, labels, LABELS)
+    assert case.updated and case.name == "p"
+    written = load_scan(case.label)
+    assert written.shape == stored.shape and np.array_equal(written.array, lab_stored)
+    assert check_dataset(root).problems == []

@@ -301,14 +301,26 @@ def test_add_to_training_set_and_fine_tune(make_napari_viewer, qtbot, tmp_path):
     viewer, widget = _segmented(make_napari_viewer, qtbot)
     ds = tmp_path / "hospital"
     case = widget.add_to_training_set(ds)
-    assert case is not None and case.name == "phantom_ct_dicom"
-    assert widget.add_to_training_set(ds).name == "phantom_ct_dicom_2"  # a second correction, a new case
+    assert case is not None and case.name == "phantom_ct_dicom" and not case.updated
+    widget.corrected.data[21, 10:20, 10:20] = 5  # a further correction of the same scan
+    again = widget.add_to_training_set(ds)
+    assert again.name == "phantom_ct_dicom" and again.updated and "updated phantom_ct_dicom" in widget.status.text()
     idx = check_dataset(ds)
-    assert idx.problems == [] and len(idx.cases) == 2 and idx.labels == LABELS and idx.modality == "CT"
-    widget.fine_tune(tmp_path / "run", epochs=1, steps=2)
-    qtbot.waitUntil(lambda: not widget.running, timeout=600_000)
+    assert idx.problems == [] and len(idx.cases) == 1 and idx.labels == LABELS and idx.modality == "CT"
+    seen = set()
+    widget.fine_tune(tmp_path / "run", epochs=2, steps=3)
+    qtbot.waitUntil(lambda: seen.add(widget.status.text()) or not widget.running, timeout=600_000)
     assert widget.model_edit.text() == str(tmp_path / "run" / "best"), widget.status.text()
+    assert any("epoch 1/2" in t and "loss" in t and "left" in t for t in seen), seen
+    assert "Dice on the 1 training case (no case held out)" in widget.status.text(), widget.status.text()
     assert load_bundle(tmp_path / "run" / "best").card.training["init"]["kept_classes"] == list(LABELS)
+    # a cancelled fine-tune says what it kept
+    widget.fine_tune(tmp_path / "run2", epochs=5, steps=3)
+    qtbot.waitUntil(lambda: (tmp_path / "run2" / "best" / "model.json").exists(), timeout=600_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=600_000)
+    assert widget.status.text().startswith("fine-tune cancelled: kept the best model so far"), widget.status.text()
+    assert str(tmp_path / "run2" / "best") in widget.status.text()
 
 
 def test_cancel_leaves_nothing_half_done(make_napari_viewer, qtbot):

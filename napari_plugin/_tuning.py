@@ -1,0 +1,133 @@
+"""The Segment widget's save, training-set and fine-tune actions (a mixin of ``SegmentWidget``).
+
+Save writes the corrected mask on the scan's grid; "Add to training set" appends the scan and its
+mask to an nnU-Net-style folder (the same scan again updates its case); Fine-tune trains the current
+model on that folder in a worker, showing epoch, loss and time left, and says what a Cancel kept.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+from napari.layers import Labels
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_info
+from qtpy.QtWidgets import QFileDialog
+
+from medseg.errors import MedsegError
+
+from ._finetune import DEFAULT_STEPS, after_cancel, fine_tune_job
+from ._jobs import DEFAULT_MODEL, _background
+from ._layers import NAMES_KEY
+from ._writer import labels_in_scan_order
+
+
+class TuningMixin:
+    """Needs the widget's viewer, corrected, status, model_edit, device_box, epochs, autosave,
+    dataset_dir, running, _cancel, _start and _fail."""
+
+    def _labels_layer(self) -> Labels:
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Labels):
+            return active
+        if self.corrected is not None and self.corrected in self.viewer.layers:
+            return self.corrected
+        raise MedsegError("no Labels layer to save: segment a scan first, or select a Labels layer")
+
+    def save(self, path: str | Path, layer: Labels | None = None) -> Path | None:
+        """Write the corrected mask (or ``layer``) as NIfTI in its scan's geometry."""
+        from medseg.io import save_mask
+
+        try:
+            layer = layer or self._labels_layer()
+            labels, scan = labels_in_scan_order(layer.data, layer.metadata, layer.name)
+            out = save_mask(labels, scan, path)
+            self.autosave.forget(layer)  # safe in the user's own file now
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return None
+        show_info(f"saved {out}")
+        self.status.setText(f"saved {out}")
+        return out
+
+    def add_to_training_set(self, folder: str | Path, layer: Labels | None = None):
+        """Append the scan and its corrected mask to a dataset folder (nnU-Net layout)."""
+        from medseg.data import add_case
+
+        try:
+            layer = layer or self._labels_layer()
+            labels, scan = labels_in_scan_order(layer.data, layer.metadata, layer.name)
+            names = layer.metadata.get(NAMES_KEY) or {"background": 0}
+            case = add_case(folder, scan, labels, names)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return None
+        self.dataset_dir = Path(folder)
+        what = "updated" if getattr(case, "updated", False) else "added"
+        message = f"{what} {case.name} in {folder}" + (" (this scan was already there: its mask is replaced)"
+                                                       if what == "updated" else "")
+        show_info(message)
+        self.status.setText(message)
+        return case
+
+    def fine_tune(self, run_dir: str | Path, dataset: str | Path | None = None, epochs: int | None = None,
+                  steps: int = DEFAULT_STEPS, settings: dict | None = None) -> None:
+        """Fine-tune the current model on the dataset folder in a worker; the result becomes the model.
+
+        The status line follows it (epoch, step, loss, time left); after Cancel it says what was kept."""
+        if self.running:
+            return
+        dataset = Path(dataset) if dataset else self.dataset_dir
+        if dataset is None:
+            self._fail(MedsegError("no training set yet: use 'Add to training set…' first"))
+            return
+        model = self.model_edit.text().strip()
+        init = None if model in ("", DEFAULT_MODEL) else model
+        if init is None:
+            from medseg.bundle import default_bundle_path
+
+            init = str(default_bundle_path())
+        self._cancel = threading.Event()
+        reports: queue.Queue = queue.Queue()
+        job = thread_worker(_background, ignore_errors=True)(
+            fine_tune_job, str(dataset), str(run_dir), init, int(epochs or self.epochs.value()), int(steps),
+            self.device_box.currentText(), report=reports.put, settings=settings, cancel=self._cancel)
+
+        def tick():
+            latest = None
+            while not reports.empty():
+                latest = reports.get_nowait()
+            if latest is not None:
+                self.status.setText(f"fine-tuning on {dataset.name}: {latest}")
+
+        def done(result):
+            self.model_edit.setText(result.best)
+            self.check_domain()
+            show_info(f"fine-tuned model ready: {result.best}")
+            self.status.setText(f"fine-tuned in {result.seconds / 60:.1f} min; {result.summary}. "
+                                f"It is now the model for Segment: {result.best}")
+
+        self._start(job, done, f"fine-tuning on {dataset}…", on_tick=tick,
+                    on_cancel=lambda: f"fine-tune cancelled: {after_cancel(run_dir)}")
+
+    def _browse_model(self):
+        folder = QFileDialog.getExistingDirectory(self, "Model bundle folder")
+        if folder:
+            self.model_edit.setText(folder)
+
+    def _save_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save mask", "", "NIfTI (*.nii.gz *.nii)")
+        if path:
+            self.save(path)
+
+    def _add_dialog(self):
+        folder = QFileDialog.getExistingDirectory(self, "Training set folder")
+        if folder:
+            self.add_to_training_set(folder)
+
+    def _fine_tune_dialog(self):
+        folder = QFileDialog.getExistingDirectory(self, "Folder for the fine-tuning run (a new, empty folder)")
+        if folder:
+            self.fine_tune(folder)
