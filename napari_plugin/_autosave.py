@@ -120,10 +120,17 @@ def restore(viewer, image) -> list[Labels]:
         return []
     added = []
     for c in CorrectionStore(scan).load():
-        if c.layer in viewer.layers:
-            continue
-        data, kwargs, _ = labels_layer(c.labels.astype(np.uint8 if c.labels.max(initial=0) < 256 else np.uint16),
-                                       scan, c.names or {"background": 0}, c.layer)
+        labels = c.labels.astype(np.uint8 if c.labels.max(initial=0) < 256 else np.uint16)
+        name = c.layer
+        if name in viewer.layers:
+            shown = viewer.layers[name]
+            if np.array_equal(np.asarray(shown.data), labels_layer(labels, scan, {}, name)[0]):
+                continue  # already on screen
+            name = f"{name} (restored)"  # e.g. the sample's ground truth, painted on, then reopened
+            if name in viewer.layers:
+                continue
+        data, kwargs, _ = labels_layer(labels, scan, c.names or {"background": 0}, name)
         kwargs["metadata"]["restored"] = c.saved
+        kwargs["metadata"]["autosave_name"] = c.layer
         added.append(viewer.add_labels(data, **kwargs))
     return added

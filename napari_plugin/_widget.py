@@ -185,7 +185,8 @@ class SegmentWidget(TuningMixin, QWidget):
     def _adopt(self, layer) -> None:
         """Autosave every Labels layer of a medseg scan; restore a newly opened scan's autosaved corrections."""
         if isinstance(layer, Labels) and SCAN_KEY in layer.metadata:
-            self.autosave.watch(layer, saved_as=layer.name if "restored" in layer.metadata else None)
+            restored = "restored" in layer.metadata  # its autosave file is known by its name then
+            self.autosave.watch(layer, saved_as=layer.metadata.get("autosave_name") if restored else None)
         elif isinstance(layer, Image) and SCAN_KEY in layer.metadata:
             try:
                 restored = restore(self.viewer, layer)
