@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,7 @@ class Correction:
     names: dict[str, int]
     saved: str  # local time, ISO format
     path: Path
+    review: dict = field(default_factory=dict)  # the review's state: per-slice uncertainty, slices marked reviewed
 
 
 class CorrectionStore:
@@ -103,14 +104,19 @@ class CorrectionStore:
             n += 1
         return f"corrected_{n}.nii.gz"
 
-    def save(self, layer: str, labels: np.ndarray, names: dict[str, int], *, was: str | None = None) -> Path:
-        """Write ``labels`` (scan order) as the autosave of ``layer`` (renamed from ``was``, if given)."""
+    def save(self, layer: str, labels: np.ndarray, names: dict[str, int], *, was: str | None = None,
+             review: dict | None = None) -> Path:
+        """Write ``labels`` (scan order) as the autosave of ``layer`` (renamed from ``was``, if given).
+
+        ``review``: JSON-able state of the review beside it (``uncertainty``: one score per axial
+        slice; ``reviewed``: the slices marked reviewed), restored with the labels."""
         with self._lock:
             index = self._index()
             file = self._file_for(index, was if was is not None else layer)
             out = save_mask(labels, self.scan, self.folder / file)
             index[file] = {"layer": layer, "labels": {k: int(v) for k, v in names.items()},
-                           "saved": time.strftime("%Y-%m-%d %H:%M:%S"), "source": str(self.scan.source)}
+                           "saved": time.strftime("%Y-%m-%d %H:%M:%S"), "source": str(self.scan.source),
+                           "review": dict(review or {})}
             atomic_write_text(self.folder / INDEX, json.dumps(index, indent=2) + "\n")
         return out
 
@@ -141,7 +147,9 @@ class CorrectionStore:
             except MedsegError:
                 continue  # unreadable or from another grid: never shown on the wrong scan
             names = {str(k): int(v) for k, v in dict(entry.get("labels") or {}).items()}
-            found.append(Correction(str(entry.get("layer", name)), labels, names, str(entry.get("saved", "")), path))
+            review = entry.get("review") if isinstance(entry.get("review"), dict) else {}
+            found.append(Correction(str(entry.get("layer", name)), labels, names, str(entry.get("saved", "")), path,
+                                    review))
         return found
 
 

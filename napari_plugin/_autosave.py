@@ -27,8 +27,10 @@ class Autosaver(QObject):
 
     failed = Signal(object)  # an exception from the writing thread, delivered in the GUI thread
 
-    def __init__(self, on_error: Callable[[BaseException], None], delay_ms: int = DELAY_MS) -> None:
+    def __init__(self, on_error: Callable[[BaseException], None], delay_ms: int = DELAY_MS,
+                 review_of: Callable[[Labels], dict | None] | None = None) -> None:
         super().__init__()
+        self.review_of = review_of  # the review's state to keep with a layer (uncertainty, reviewed slices)
         self.failed.connect(on_error)
         self.on_error = on_error
         self.delay_ms = delay_ms
@@ -53,6 +55,12 @@ class Autosaver(QObject):
             event.connect(lambda *_: timer.start())
         layer.events.name.connect(lambda *_: self._renamed(layer))
 
+    def touch(self, layer: Labels) -> None:
+        """Something kept with ``layer`` changed (e.g. a slice marked reviewed): autosave it soon."""
+        timer = self._timers.get(id(layer))
+        if timer is not None:
+            timer.start()
+
     def _renamed(self, layer: Labels) -> None:
         if id(layer) in self._names:
             self.save_now(layer)  # the autosave follows the layer's new name
@@ -74,11 +82,13 @@ class Autosaver(QObject):
             self.on_error(exc)
             return
         names = dict(layer.metadata.get(NAMES_KEY) or {"background": 0})
+        review = self.review_of(layer) if self.review_of is not None else None
         was, self._names[id(layer)] = self._names.get(id(layer)), layer.name
+        name = layer.name
 
         def write() -> None:
             try:
-                CorrectionStore(scan).save(layer.name, labels, names, was=was)
+                CorrectionStore(scan).save(name, labels, names, was=was, review=review)
                 self.saved += 1
             except Exception as exc:  # noqa: BLE001 - reported, never a crash
                 self.failed.emit(exc)
@@ -132,5 +142,6 @@ def restore(viewer, image) -> list[Labels]:
         data, kwargs, _ = labels_layer(labels, scan, c.names or {"background": 0}, name)
         kwargs["metadata"]["restored"] = c.saved
         kwargs["metadata"]["autosave_name"] = c.layer
+        kwargs["metadata"]["review"] = c.review
         added.append(viewer.add_labels(data, **kwargs))
     return added

@@ -49,9 +49,10 @@ def volumes(layer: Labels) -> dict[str, float]:
 
 
 class ReviewPanel(QWidget):
-    def __init__(self, viewer) -> None:
+    def __init__(self, viewer, on_reviewed=None) -> None:
         super().__init__()
         self.viewer = viewer
+        self.on_reviewed = on_reviewed  # called after a slice is marked reviewed (the widget autosaves it)
         self.corrected: Labels | None = None
         self.prediction: Labels | None = None
         self.order: list[int] = []  # slices, worst first
@@ -181,7 +182,24 @@ class ReviewPanel(QWidget):
         self.reviewed.add(k)
         if k in self.order:
             self._style(self.slices.item(self.order.index(k)))
+        if self.on_reviewed is not None:
+            self.on_reviewed()
         return self.step(+1)
+
+    def state(self) -> dict:
+        """What a restart must not lose: the scores and the slices marked reviewed."""
+        return {"uncertainty": [round(float(v), 5) for v in self.scores], "reviewed": sorted(self.reviewed)}
+
+    def restore(self, corrected: Labels, state: dict) -> bool:
+        """Show a restored layer's review (scores, reviewed slices) as it was; False when there is none."""
+        scores = state.get("uncertainty") if isinstance(state, dict) else None
+        if not isinstance(scores, list) or len(scores) != corrected.data.shape[0]:
+            return False
+        self.set_result(corrected, None, np.asarray(scores, dtype=float))
+        self.reviewed = {int(k) for k in state.get("reviewed", []) if 0 <= int(k) < len(scores)}
+        for i in range(self.slices.count()):
+            self._style(self.slices.item(i))
+        return True
 
     def _bind_keys(self) -> None:
         self.viewer.bind_key(KEYS["next"], lambda _v: self.step(+1), overwrite=True)

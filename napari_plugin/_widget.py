@@ -68,10 +68,10 @@ class SegmentWidget(TuningMixin, QWidget):
         self.prediction: Labels | None = None
         self.corrected: Labels | None = None
 
-        self.autosave = Autosaver(self._fail)
+        self.autosave = Autosaver(self._fail, review_of=self._review_state)
         self.live = LivePreview(self.viewer, lambda: _predictor(self.model_edit.text().strip(),
                                                                  self.device_box.currentText()), self._live_failed)
-        self.panel = ReviewPanel(self.viewer)
+        self.panel = ReviewPanel(self.viewer, on_reviewed=lambda: self.autosave.touch(self.panel.corrected))
         self._make_controls()
         self._lay_out()
         self.dataset_dir: Path | None = None
@@ -195,11 +195,15 @@ class SegmentWidget(TuningMixin, QWidget):
                 return
             if restored:
                 self.corrected = restored[-1]
+                self.panel.restore(self.corrected, self.corrected.metadata.get("review") or {})
                 when = restored[-1].metadata.get("restored", "")
                 message = (f"restored your autosaved corrections of {layer.name} ({when}): "
                            + ", ".join(f"'{r.name}'" for r in restored))
                 self.status.setText(message)
                 show_info(message)
+
+    def _review_state(self, layer) -> dict | None:
+        return self.panel.state() if layer is self.panel.corrected else None
 
     def _removing(self, event) -> None:
         layer = self.viewer.layers[event.index] if isinstance(event.index, int) else None

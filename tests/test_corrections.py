@@ -48,6 +48,10 @@ def test_save_load_rename_and_forget(tmp_path):
     np.testing.assert_array_equal(found["ct corrected (kept 1)"].labels, labels)
     store.forget("ct corrected")
     assert [c.layer for c in store.load()] == ["ct corrected (kept 1)"]
+    # the review's state travels with the labels
+    store.save("ct corrected (kept 1)", labels, NAMES, review={"uncertainty": [0.1, 0.0], "reviewed": [1]})
+    (found,) = store.load()
+    assert found.review == {"uncertainty": [0.1, 0.0], "reviewed": [1]}
 
 
 def test_another_scan_never_gets_these_corrections(tmp_path):

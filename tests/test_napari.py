@@ -418,6 +418,8 @@ def test_corrections_autosaved_and_restored_after_a_crash(make_napari_viewer, qt
     viewer, widget = _segmented(make_napari_viewer, qtbot)
     layer = widget.corrected
     layer.paint((20, 80, 80), 2, refresh=True)  # one brush stroke, as the paint tool makes it
+    widget.panel.go_to(widget.panel.order[0])
+    widget.panel.mark_reviewed()  # review progress is kept too
     qtbot.waitUntil(lambda: widget.autosave.saved >= 1 and not widget.autosave.pending(), timeout=30_000)
     painted = layer.data.copy()
     # the process died here: a fresh viewer opens the same scan, the widget restores the strokes
@@ -428,6 +430,10 @@ def test_corrections_autosaved_and_restored_after_a_crash(make_napari_viewer, qt
     np.testing.assert_array_equal(restored.data, painted)
     np.testing.assert_allclose(restored.affine.affine_matrix, viewer2.layers["phantom CT"].affine.affine_matrix)
     assert widget2.corrected is restored and "restored your autosaved corrections" in widget2.status.text()
+    # the review comes back as it was: the ranking and the slice marked reviewed
+    assert widget2.panel.order == widget.panel.order and widget2.panel.reviewed == {widget.panel.order[0]}
+    np.testing.assert_allclose(widget2.panel.scores, widget.panel.scores, atol=1e-5)
+    assert widget2.panel.slices.item(0).text().startswith("✓ ")
     # segmenting again keeps the restored work (it differs from any new prediction)
     widget2.segment("phantom CT")
     qtbot.waitUntil(lambda: not widget2.running, timeout=300_000)
