@@ -447,8 +447,8 @@ def test_corrections_autosaved_and_restored_after_a_crash(make_napari_viewer, qt
     assert "phantom CT corrected (kept 1)" not in viewer3.layers
 
 
-@pytest.mark.parametrize("failure", ["cuda", "crash"])
-def test_a_worker_error_is_one_notification(make_napari_viewer, qtbot, capfd, monkeypatch, failure):
+@pytest.mark.parametrize("failure", ["cuda", "crash", "fine-tune"])
+def test_a_worker_error_is_one_notification(make_napari_viewer, qtbot, capfd, monkeypatch, tmp_path, failure):
     """Any exception in a background job: one notification with one line, no traceback, viewer alive."""
     import torch
     from napari.utils.notifications import notification_manager
@@ -461,16 +461,25 @@ def test_a_worker_error_is_one_notification(make_napari_viewer, qtbot, capfd, mo
             pytest.skip("checks the no-CUDA message on a machine without CUDA")
         widget.device_box.setCurrentText("cuda")
         expected = "no CUDA device is available"
-    else:
+    elif failure == "crash":
         def broken(*args, **kwargs):
             raise RuntimeError("index 7 is out of bounds\n" + "array([[0, 1, 2 ...]])\n" * 50)
 
         monkeypatch.setattr(_widget, "_segment_job", broken)
         expected = "unexpected RuntimeError: index 7 is out of bounds"
+    else:  # the fine-tune worker: a training set whose only case lost its label file
+        from medseg.phantom import make_dataset
+
+        ds = make_dataset(tmp_path / "ds", [3], shape=(32, 32, 8), spacing=(10.0, 10.0, 20.0))
+        next((ds / "labelsTr").iterdir()).unlink()
+        expected = "no label file for it in labelsTr"
     seen = []
     notification_manager.notification_ready.connect(seen.append)
     try:
-        widget.segment("phantom CT")
+        if failure == "fine-tune":
+            widget.fine_tune(tmp_path / "run", dataset=ds, epochs=1, steps=1)
+        else:
+            widget.segment("phantom CT")
         qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
         qtbot.wait(200)
     finally:
