@@ -357,6 +357,9 @@ class Predictor:
         self, scan: Scan, k: int, *, cache: LiveScan | None = None
     ) -> tuple[np.ndarray, float]:
         """:meth:`predict_slice` and that slice's :func:`slice_uncertainty` (as ``predict_scan`` gives it)."""
+        return self._predict_one(scan, k, cache, score=True)
+
+    def _predict_one(self, scan: Scan, k: int, cache: LiveScan | None, score: bool) -> tuple[np.ndarray, float | None]:
         live = self._live(scan, cache)
         card = self.card
         z = live.model_slice(k)
@@ -366,10 +369,10 @@ class Predictor:
             x = _model_input(live.view, z, z + 1, live.intensity, live.size_in,
                              card.context_slices, self.device)
             logits = self.model(x).float()
-            score = float(slice_uncertainty(logits, tuple(card.spacing))[0])
+            uncertainty = float(slice_uncertainty(logits, tuple(card.spacing))[0]) if score else None
             classes = _classes(logits, live.view.shape[:2], lut)[0].cpu().numpy()
         out_dtype = np.uint8 if max(card.label_values) < 256 else np.uint16
-        return live.display_slice(classes.astype(out_dtype, copy=False)), score
+        return live.display_slice(classes.astype(out_dtype, copy=False)), uncertainty
 
     def predict_slice(self, scan: Scan, k: int, *, cache: LiveScan | None = None) -> np.ndarray:
         """Labels (P, L) of display axial slice ``k``, for a live preview as the user scrolls.
@@ -379,7 +382,7 @@ class Predictor:
         :meth:`prepare_live`'s result; without it the predictor keeps one for the last few scans
         (by identity), so the MR percentile range is computed once per scan.
         """
-        return self.predict_slice_with_uncertainty(scan, k, cache=cache)[0]
+        return self._predict_one(scan, k, cache, score=False)[0]  # the live preview needs no score
 
     def predict_file(
         self,

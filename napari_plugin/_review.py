@@ -26,19 +26,13 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.display import label_colours
+from medseg.inference import UNCERTAIN_SLICE, UNCERTAINTY_SCALE
 from medseg.metrics import label_volumes_ml
 
 from ._layers import NAMES_KEY, SCAN_KEY
 
 KEYS = {"next": "N", "previous": "Shift-N", "reviewed": "Shift-R"}
 ROLE = 256  # Qt.UserRole: the slice index of a list item
-
-
-def _scale_and_threshold() -> tuple[str, float]:
-    from medseg import inference
-
-    scale = getattr(inference, "UNCERTAINTY_SCALE", "mean normalised entropy (0 = certain, 1 = uniform)")
-    return scale, float(getattr(inference, "UNCERTAIN_SLICE", 0.05))
 
 
 def volumes(layer: Labels) -> dict[str, float]:
@@ -121,9 +115,8 @@ class ReviewPanel(QWidget):
             self.legend.setItem(r, 2, QTableWidgetItem(f"{delta:+.1f}" if abs(delta) >= 0.05 else "0"))
 
     def _fill_slices(self) -> None:
-        scale, threshold = _scale_and_threshold()
-        flagged = int((self.scores > threshold).sum())
-        self.scale.setText(f"uncertainty = {scale}. {flagged} of {len(self.scores)} slices above {threshold:g} "
+        flagged = int((self.scores > UNCERTAIN_SLICE).sum())
+        self.scale.setText(f"uncertainty = {UNCERTAINTY_SCALE}. {flagged} of {len(self.scores)} slices above {UNCERTAIN_SLICE:g} "
                            f"(highlighted). Keys: {KEYS['next']} next, {KEYS['previous']} previous, "
                            f"{KEYS['reviewed']} mark reviewed.")
         self.slices.clear()
@@ -135,10 +128,9 @@ class ReviewPanel(QWidget):
 
     def _style(self, item: QListWidgetItem) -> None:
         k = int(item.data(ROLE))
-        _, threshold = _scale_and_threshold()
         tick = "✓ " if k in self.reviewed else ""
         item.setText(f"{tick}slice {k}: {self.scores[k]:.3f}")
-        high = bool(self.scores[k] > threshold) and k not in self.reviewed
+        high = bool(self.scores[k] > UNCERTAIN_SLICE) and k not in self.reviewed
         item.setForeground(QBrush(QColor("#ff6b5a" if high else ("#7f7f7f" if k in self.reviewed else "#d0d0d0"))))
         font = QFont()
         font.setBold(high)

@@ -53,8 +53,6 @@ def test_cuda_live_slice_matches_the_full_run(phantom):
 
     scan = _scan(phantom)
     predictor = Predictor.from_folder(None, "cuda")
-    if not hasattr(predictor, "predict_slice"):
-        pytest.skip("Predictor.predict_slice not available")
     full, _ = to_display(predictor.predict_scan(scan), scan.affine)
     for k in (0, 11, full.shape[0] - 1):
         # fp16 autocast: one slice and a batch of 8 take different kernels, so a few boundary
