@@ -172,6 +172,9 @@ def check_dataset(
         err.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     labels = ", ".join(f"{v}={k}" for k, v in sorted(idx.labels.items(), key=lambda kv: kv[1]))
     summary = f"{dataset}: {len(idx.cases)} case(s), modality {idx.modality or 'unknown'}, labels {labels or 'none'}"
+    for case, (labelled, total) in idx.labelled.items():
+        out.print(f"  {case}: {labelled} of {total} axial slices labelled (the rest is ignore={idx.ignore})",
+                  highlight=False)
     if idx.problems:
         err.print(f"{summary}: {len(idx.problems)} problem(s)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
@@ -200,6 +203,8 @@ def train(
     loss: str = typer.Option(_TRAIN.loss, help="ce (cross-entropy) or ce+dice."),
     class_weights: str = typer.Option(_TRAIN.class_weights, help="none, or sqrt-inverse (weight classes by 1/sqrt(frequency))."),
     freeze_encoder: bool = typer.Option(_TRAIN.freeze_encoder, "--freeze-encoder", help="Fine-tune the decoder and head only."),
+    freeze_batchnorm: bool = typer.Option(_TRAIN.freeze_batchnorm, "--freeze-batchnorm",
+                                          help="Keep the --init model's batch-norm statistics (fine-tuning on a few slices)."),
     width: int = typer.Option(_TRAIN.width, min=1, help="SegNet base width (64 = the paper's)."),
     context_slices: int = typer.Option(_TRAIN.context_slices, "--context", min=0, help="Neighbouring slices on each side as extra channels."),
     spacing: float = typer.Option(_TRAIN.spacing[0], help="In-plane training spacing (mm)."),
@@ -222,7 +227,7 @@ def train(
         schedule=schedule, loss=loss, class_weights=class_weights, width=width, context_slices=context_slices,
         spacing=(spacing, spacing), crop=crop, foreground_fraction=foreground_fraction, augment=augment,
         flip_prob=flip_prob, val_cases=val_cases, hd95=hd95, amp=amp, seed=seed, device=device, name=name,
-        init=str(init) if init else None, freeze_encoder=freeze_encoder,
+        init=str(init) if init else None, freeze_encoder=freeze_encoder, freeze_batchnorm=freeze_batchnorm,
     )
     command = "medseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     main_rank = dist_info().is_main  # under torchrun, rank 0 alone shows progress and results

@@ -58,6 +58,7 @@ class TrainConfig:
     modality: str | None = None
     init: str | None = None  # bundle to start from (fine-tuning)
     freeze_encoder: bool = False
+    freeze_batchnorm: bool = False  # keep the starting model's batch-norm statistics (few-slice fine-tuning)
     cache_workers: int = 0
     half_precision_weights: bool = True
 
@@ -107,7 +108,7 @@ _FIELD_KINDS = {
     "context_slices": "int", "spacing": "pair", "crop": "int", "foreground_fraction": "float", "augment": "bool",
     "rotate_deg": "float", "scale": "float", "flip_prob": "float", "intensity_jitter": "float", "val_cases": "int",
     "hd95": "bool", "seed": "int", "device": "str", "amp": "str", "channels_last": "bool", "name": "str",
-    "modality": "str?", "init": "str?", "freeze_encoder": "bool", "cache_workers": "int",
+    "modality": "str?", "init": "str?", "freeze_encoder": "bool", "freeze_batchnorm": "bool", "cache_workers": "int",
     "half_precision_weights": "bool",
 }
 
@@ -194,15 +195,41 @@ def _config_problem(cfg: "TrainConfig") -> tuple[str, object, str] | None:
 
 
 def make_loss(cfg: TrainConfig, weight: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy (optionally class-weighted), or cross-entropy + soft Dice (MONAI ``DiceLoss``)."""
+    """Cross-entropy (optionally class-weighted), or cross-entropy + soft Dice (MONAI ``DiceLoss``).
+
+    Targets equal to :data:`~medseg.transforms.IGNORE_INDEX` (a dataset's ``ignore`` label) count
+    in neither term: the loss and its gradients are those of the same loss computed over the
+    labelled voxels alone (both terms are sums over voxels, so masking them out is exact), and a
+    batch with no labelled voxel gives a loss of 0 with zero gradients.
+    """
+    import torch
     import torch.nn.functional as F
 
-    if cfg.loss == "ce":
-        return lambda logits, y: F.cross_entropy(logits.float(), y, weight=weight)
-    from monai.losses import DiceLoss
+    from .transforms import IGNORE_INDEX
 
-    dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
-    return lambda logits, y: F.cross_entropy(logits.float(), y, weight=weight) + dice(logits.float(), y[:, None])
+    def ce(logits, y):
+        return F.cross_entropy(logits.float(), y, weight=weight, ignore_index=IGNORE_INDEX)
+
+    if cfg.loss == "ce":
+        dice = None
+    else:
+        from monai.losses import DiceLoss
+
+        dice = DiceLoss(include_background=False, to_onehot_y=False, softmax=False, batch=True)
+
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        labelled = y != IGNORE_INDEX
+        if not bool(labelled.any()):
+            return logits.float().sum() * 0.0
+        value = ce(logits, y)
+        if dice is not None:
+            keep = labelled[:, None].float()
+            probs = torch.softmax(logits.float(), dim=1) * keep
+            onehot = F.one_hot(torch.where(labelled, y, 0), logits.shape[1]).movedim(-1, 1).float() * keep
+            value = value + dice(probs, onehot)
+        return value
+
+    return loss
 
 
 def onecycle_pct_start(total_steps: int, pct: float = 0.1) -> float:

@@ -20,13 +20,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 
 from .errors import MedsegError
-from .geometry import array_on_grid_of, grid_mismatch
+from .geometry import canonical_view, grid_mismatch
 from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, load_scan
-from .labels import MAX_LABEL, check_label_map
+from .labels import MAX_LABEL, check_label_map, is_ignore, split_ignore
 from .naming import case_name, split_suffix, strip_channel
 from .scan import Scan
 from .schema import read_json_object, short_repr
@@ -50,6 +48,12 @@ class DatasetIndex:
     modality: str | None = None
     meta: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    labelled: dict[str, tuple[int, int]] = field(default_factory=dict)  # with an ignore label: case -> (labelled, all) axial slices
+
+    @property
+    def ignore(self) -> int | None:
+        """The dataset's ignore label value (sparse labels), or None."""
+        return split_ignore(self.labels)[1]
 
 
 def _visible(folder: Path) -> list[Path]:
@@ -83,6 +87,9 @@ def read_labels(dataset_json: dict, where: str | Path = "dataset.json") -> dict[
     Anything else (a value that is not a non-negative integer, nnU-Net region lists such as
     ``"liver": [1, 2]``, two labels sharing a value, a name given twice) is a one-line
     :class:`MedsegError` naming ``where`` (the dataset.json) and the field.
+
+    Either convention may declare nnU-Net v2's ``ignore`` label (``"ignore": 3`` or ``"3": "ignore"``,
+    the highest value): voxels that hold it are not labelled (see :func:`medseg.labels.split_ignore`).
     """
     if not isinstance(dataset_json, dict):
         raise MedsegError(f"{where}: expected a JSON object, found {type(dataset_json).__name__}")
@@ -118,7 +125,22 @@ def read_labels(dataset_json: dict, where: str | Path = "dataset.json") -> dict[
         if len(names) > 1:
             raise MedsegError(f"{where}: field 'labels': duplicate label value {value} (labels "
                               f"{', '.join(repr(n) for n in names)}); each label needs its own value")
+    _check_ignore(out, where)
     return out
+
+
+def _check_ignore(labels: dict[str, int], where) -> None:
+    """nnU-Net v2's rules for the ``ignore`` label: at most one, not background, the highest value."""
+    ignored = [k for k in labels if is_ignore(k)]
+    if len(ignored) > 1:
+        raise MedsegError(f"{where}: field 'labels': several ignore labels ({', '.join(map(repr, ignored))}); give one")
+    if not ignored:
+        return
+    value = labels[ignored[0]]
+    top = max((v for k, v in labels.items() if not is_ignore(k)), default=0)
+    if value == 0 or value <= top:
+        raise MedsegError(f"{where}: field 'labels.{ignored[0]}': the ignore label must have the highest value "
+                          f"(above {top}, as in nnU-Net v2), got {value}")
 
 
 def _field(meta: dict, key: str, kind: type, expected: str, where, problems: list[str]):
@@ -312,9 +334,11 @@ def check_dataset(root: str | Path) -> DatasetIndex:
 
     Checks: every image has a label; each label lies on its image's voxel grid in world space
     (any axis order or flips, but not shifted, cropped or resampled); every label value is
-    declared in dataset.json; files are readable.
+    declared in dataset.json; files are readable. With an ``ignore`` label, ``.labelled`` holds
+    each case's labelled and total axial slices, and a case with no labelled voxel is a problem.
     """
     idx = index_dataset(root)
+    ignore = idx.ignore
     for case in idx.cases:
         try:
             image = load_scan(case.image, modality=idx.modality)
@@ -329,111 +353,18 @@ def check_dataset(root: str | Path) -> DatasetIndex:
             check_label_map(label.array, case.label, idx.labels or None, declared_in="declared in dataset.json")
         except MedsegError as exc:
             idx.problems.append(str(exc))
+            continue
+        if ignore is not None:
+            idx.labelled[case.name] = labelled_slices(label, ignore)
+            if idx.labelled[case.name][0] == 0:
+                idx.problems.append(f"{case.label}: every voxel is the ignore label ({ignore}): nothing to learn from")
     return idx
 
 
-def add_case(
-    dataset_dir: str | Path,
-    scan,
-    labels: np.ndarray,
-    label_names: dict[str, int],
-    *,
-    case: str | None = None,
-    modality: str | None = None,
-) -> Case:
-    """Add a scan and its (corrected) mask to a dataset folder that ``medseg train`` reads.
-
-    Writes ``imagesTr/<case>_0000.nii.gz`` (the scan's voxels, NIfTI, its geometry) and
-    ``labelsTr/<case>.nii.gz``, and creates or updates an nnU-Net v2 ``dataset.json`` (an MSD
-    ``training`` list, when the folder has one, gets the new pair too). The dataset's labels and
-    modality must agree with the new case's. A scan already in the dataset (see
-    :func:`find_same_case`) is not added twice: its case's label file is replaced, atomically, and
-    the case comes back with ``updated=True``. A different scan whose name is taken gets a
-    numbered suffix (``<case>_2``).
-    """
-    from .io import save_image, save_mask
-
-    root = Path(dataset_dir)
-    meta, mod = _dataset_meta_for(root, scan, label_names, modality)
-    labels = check_label_map(labels, scan.source, label_names)
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", case or case_name(Path(scan.source)) or "case").strip("_.") or "case"
-    same = find_same_case(root, scan, base)
-    if same is not None:
-        image, found = same  # the same voxels on the same grid: the labels go onto that image's axis order
-        save_mask(array_on_grid_of(image, Scan(labels, scan.affine, scan.source)), image, found.label)
-        result = Case(found.name, found.image, found.label, updated=True)
-    else:
-        name, n = base, 1
-        while (root / "labelsTr" / f"{name}.nii.gz").exists() or (root / "imagesTr" / f"{name}_0000.nii.gz").exists():
-            n += 1
-            name = f"{base}_{n}"
-        result = Case(name, root / "imagesTr" / f"{name}_0000.nii.gz", root / "labelsTr" / f"{name}.nii.gz")
-        save_image(scan, result.image)
-        try:
-            save_mask(labels, scan, result.label)
-        except BaseException:
-            result.image.unlink(missing_ok=True)  # no half-added case
-            raise
-        if isinstance(meta.get("training"), list):
-            meta["training"].append({"image": f"./imagesTr/{result.image.name}",
-                                     "label": f"./labelsTr/{result.label.name}"})
-    meta.setdefault("name", root.name)
-    meta.setdefault("channel_names", {"0": mod})
-    meta["labels"] = {k: int(v) for k, v in sorted(label_names.items(), key=lambda kv: kv[1])}
-    meta.setdefault("file_ending", ".nii.gz")
-    meta["numTraining"] = len([p for p in (root / "labelsTr").iterdir() if p.name.endswith(".nii.gz")])
-    write_dataset_json(root, meta)
-    return result
-
-
-def _dataset_meta_for(root: Path, scan, label_names: dict[str, int], modality: str | None) -> tuple[dict, str]:
-    """The folder's dataset.json (``{}`` when none) and the modality, refused when either disagrees with the new case."""
-    meta_path = root / "dataset.json"
-    meta: dict = read_dataset_json(meta_path) if meta_path.exists() else {}
-    existing = read_labels(meta, meta_path)
-    if existing and existing != dict(label_names):
-        raise MedsegError(f"{meta_path}: the dataset's labels {existing} differ from this mask's {dict(label_names)}")
-    mod = (modality or scan.modality or read_modality(meta) or "CT").upper()
-    if read_modality(meta) not in (None, mod):
-        raise MedsegError(f"{meta_path}: the dataset is {read_modality(meta)} but this scan is {mod}")
-    return meta, mod
-
-
-def find_same_case(dataset_dir: str | Path, scan, base: str) -> tuple[Scan, Case] | None:
-    """The dataset's case whose image is ``scan`` (same voxel grid, same voxel values), with that image read.
-
-    Only cases named ``base`` or a numbered variant (``base_2``, ...) are candidates; a NIfTI
-    image whose header gives another grid is passed over without reading its voxels, so a check
-    costs at most a read of the few candidates that lie on the scan's grid. None when no case holds it.
-    """
-    named = re.compile(rf"{re.escape(base)}(_\d+)?")
-    for found in index_dataset(dataset_dir).cases:
-        if not named.fullmatch(found.name) or not _may_hold(found.image, scan):
-            continue
-        try:
-            image = load_scan(found.image)
-        except MedsegError:
-            continue  # an unreadable image is check_dataset's to report, not a match
-        if grid_mismatch(image, scan) is None and np.array_equal(array_on_grid_of(image, scan), image.array):
-            return image, found
-    return None
-
-
-def _may_hold(image_path: Path, scan) -> bool:
-    """False when a NIfTI image's header alone shows a grid other than the scan's (no voxels read)."""
-    if not image_path.name.lower().endswith(NIFTI_SUFFIXES):
-        return True
-    try:
-        img = nib.load(str(image_path))
-        shape = tuple(int(n) for n in img.shape)
-        if len(shape) > 3 and all(n == 1 for n in shape[3:]):
-            shape = shape[:3]
-        if len(shape) != 3 or sorted(shape) != sorted(scan.shape):
-            return False
-        header_only = Scan(np.broadcast_to(np.zeros((), np.uint8), shape), np.asarray(img.affine, float), image_path)
-        return grid_mismatch(scan, header_only) is None
-    except Exception:  # noqa: BLE001 - a header nibabel cannot read is left to load_scan to judge
-        return True
+def labelled_slices(label: Scan, ignore: int) -> tuple[int, int]:
+    """(axial slices holding any voxel other than ``ignore``, all axial slices) of a label map."""
+    view, _ = canonical_view(label.array, label.affine, "RAS")
+    return int((view != ignore).any(axis=(0, 1)).sum()), int(view.shape[2])
 
 
 def write_dataset_json(root: str | Path, meta: dict) -> Path:

@@ -28,7 +28,7 @@ from .data import find_cases, read_labels, read_modality
 from .errors import MedsegError
 from .geometry import array_on_grid_of, grid_mismatch
 from .io import NIFTI_SUFFIXES, SITK_SUFFIXES, Scan, load_scan
-from .labels import check_label_map
+from .labels import check_label_map, split_ignore
 from .metrics import label_metrics, label_volumes_ml
 from .naming import case_name
 from .reports import write_csv, write_json
@@ -132,7 +132,8 @@ def checked_label_map(array: np.ndarray, source, labels: dict[str, int] | None =
 
 
 def evaluate_pair(
-    pred: Scan, ref: Scan, labels: dict[str, int] | None, hd95: bool = True, case: str | None = None
+    pred: Scan, ref: Scan, labels: dict[str, int] | None, hd95: bool = True, case: str | None = None,
+    ignore: int | None = None,
 ) -> list[dict]:
     """Rows (one per label, background excluded) scoring ``pred`` against ``ref``.
 
@@ -140,13 +141,19 @@ def evaluate_pair(
     resampled grid is an error. Distances use the reference's voxel spacing. ``labels`` is
     name -> value; a value in either file that it does not declare is an error naming the
     file. ``labels=None`` scores every non-zero value present, named by its number.
-    ``case`` defaults to the reference's file name without extensions.
+    ``case`` defaults to the reference's file name without extensions. ``ignore``: the value of
+    the reference's unlabelled voxels (a sparse reference, nnU-Net's ``ignore`` label); they are
+    scored as nothing, and volumes count the labelled voxels only.
     """
     why = grid_mismatch(ref, pred)
     if why is not None:
         raise MedsegError(f"{pred.source}: {why} of its reference {ref.source.name}")
     p = checked_label_map(array_on_grid_of(ref, pred), pred.source, labels)
-    r = checked_label_map(ref.array, ref.source, labels)
+    declared = None if labels is None or ignore is None else {**labels, "ignore": ignore}
+    r = checked_label_map(ref.array, ref.source, declared or labels)
+    if ignore is not None:
+        p = np.where(r == ignore, 0, p)
+        r = np.where(r == ignore, 0, r)  # nothing predicted there now: no structure is scored there
     vml = ref.voxel_volume_ml
     pred_ml, ref_ml = label_volumes_ml(p, vml), label_volumes_ml(r, vml)  # keys: str(value)
     if labels is None:
@@ -237,8 +244,10 @@ def evaluate_folders(
     ref_files = _label_files(ref_dir)
     if not ref_files and (ref_dir / "labelsTr").is_dir():
         ref_files = _label_files(ref_dir / "labelsTr")
+    ignore = None
     if labels is None:
-        labels = _dataset_labels(ref_dir)
+        labels, ignore = split_ignore(_dataset_labels(ref_dir) or {})
+        labels = labels or None
     failures: list[dict] = []
     preds, pred_dups = _by_case(_label_files(pred_dir), failures)
     refs, ref_dups = _by_case(ref_files, failures)
@@ -256,7 +265,8 @@ def evaluate_folders(
     scored: list[str] = []
     for i, case in enumerate(cases):
         try:
-            rows += evaluate_pair(load_scan(preds[case]), load_scan(refs[case]), labels, hd95=hd95, case=case)
+            rows += evaluate_pair(load_scan(preds[case]), load_scan(refs[case]), labels, hd95=hd95, case=case,
+                                  ignore=ignore)
             scored.append(case)
         except MedsegError as exc:
             failures.append({"case": case, "error": str(exc)})
@@ -319,7 +329,8 @@ def evaluate_model(
         bundle = load_bundle(bundle, device=dev)
     cases, meta = find_cases(dataset_dir)
     labels = dict(bundle.card.labels)
-    _check_label_names(read_labels(meta), labels, Path(dataset_dir) / "dataset.json", bundle.card.name)
+    structures, ignore = split_ignore(read_labels(meta))
+    _check_label_names(structures, labels, Path(dataset_dir) / "dataset.json", bundle.card.name)
     modality = read_modality(meta)
     predictor = Predictor(bundle, dev)
     rows: list[dict] = []
@@ -332,7 +343,7 @@ def evaluate_model(
             if why is not None:
                 raise MedsegError(f"{case.image}: {why} of its reference {ref.source.name}")
             pred = Scan(array=predictor.predict_scan(image), affine=image.affine, source=case.image)
-            rows += evaluate_pair(pred, ref, labels, hd95=hd95, case=case.name)
+            rows += evaluate_pair(pred, ref, labels, hd95=hd95, case=case.name, ignore=ignore)
         except MedsegError as exc:
             failures.append({"case": case.name, "error": str(exc)})
         if progress is not None:

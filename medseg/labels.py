@@ -16,6 +16,23 @@ from .errors import MedsegError
 
 MAX_LABEL = 65535
 _SHOWN = 8  # undeclared values named in a message
+IGNORE = "ignore"  # nnU-Net v2's name for voxels that are not labelled (sparse annotation)
+
+
+def is_ignore(name: str) -> bool:
+    """Whether a label name is nnU-Net v2's ``ignore`` label (any case)."""
+    return str(name).strip().lower() == IGNORE
+
+
+def split_ignore(labels: Mapping[str, int]) -> tuple[dict[str, int], int | None]:
+    """(the structures, the ``ignore`` value or None) of a name -> value label table.
+
+    Voxels with the ignore value are not labelled: they count in no loss, no metric and no check
+    (nnU-Net v2's convention for sparse annotation, where ``ignore`` must be the highest value).
+    """
+    structures = {k: int(v) for k, v in labels.items() if not is_ignore(k)}
+    ignored = [int(v) for k, v in labels.items() if is_ignore(k)]
+    return structures, (ignored[0] if ignored else None)
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:
@@ -89,4 +106,5 @@ def check_label_map(
     return arr
 
 
-__all__ = ["MAX_LABEL", "as_label_map", "check_label_map", "label_dtype", "present_values"]
+__all__ = ["IGNORE", "MAX_LABEL", "as_label_map", "check_label_map", "is_ignore", "label_dtype", "present_values",
+           "split_ignore"]

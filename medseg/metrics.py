@@ -21,20 +21,26 @@ def _crop_to_union(p: np.ndarray, r: np.ndarray, margin: int = 2) -> tuple[np.nd
 
 
 def label_metrics(
-    pred: np.ndarray, ref: np.ndarray, labels: dict[str, int], spacing=None, hd95: bool = False
+    pred: np.ndarray, ref: np.ndarray, labels: dict[str, int], spacing=None, hd95: bool = False,
+    ignore: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Per named label (background excluded): Dice, and HD95 in mm when ``hd95``.
+    """Per named label (background and ``ignore`` excluded): Dice, and HD95 in mm when ``hd95``.
 
     A label absent from both prediction and reference gets NaN (leave it out of means); absent
-    from one side only gets Dice 0 and HD95 NaN (undefined).
+    from one side only gets Dice 0 and HD95 NaN (undefined). ``ignore``: the value of the
+    reference's unlabelled voxels (nnU-Net's ``ignore`` label); whatever is predicted there
+    counts for nothing (distances are measured between the labelled parts only).
     """
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
+    labelled = None if ignore is None else np.asarray(ref != ignore)
     out: dict[str, dict[str, float]] = {}
     for name, value in labels.items():
-        if value == 0:
+        if value == 0 or value == ignore:
             continue
         p, r = np.asarray(pred == value), np.asarray(ref == value)
+        if labelled is not None:
+            p &= labelled
         if not p.any() and not r.any():
             out[name] = {"dice": math.nan, **({"hd95": math.nan} if hd95 else {})}
             continue

@@ -48,6 +48,7 @@ from .distributed import DistInfo, Ranks, process_group
 from .domain import training_data_of
 from .errors import MedsegError
 from .io import atomic_write_text
+from .labels import split_ignore
 from .reports import plot_curves, write_history
 from .trainset import (
     PreparedCase,
@@ -101,13 +102,14 @@ class TrainData:
     prepared: list[PreparedCase]  # this rank's share of the training cases
     val_data: list  # rank 0: the validation scans with their reference labels
     init: Bundle | None  # the bundle fine-tuned from
+    ignore: int | None = None  # the dataset's ignore label value (sparse labels), None without one
 
 
 def load_training_data(dataset_dir: Path, cfg: TrainConfig, info: DistInfo) -> TrainData:
     """Read the dataset, split it, and prepare this rank's share (every pair's grid and label
     values are checked here, before the first step)."""
     cases, meta = find_cases(dataset_dir)
-    labels = read_labels(meta) or {}
+    labels, ignore = split_ignore(read_labels(meta) or {})
     if not labels:
         raise MedsegError(f"{dataset_dir}: dataset.json must declare the labels (name -> value)")
     modality = (cfg.modality or read_modality(meta) or "CT").upper()
@@ -117,9 +119,9 @@ def load_training_data(dataset_dir: Path, cfg: TrainConfig, info: DistInfo) -> T
     init = load_bundle(cfg.init) if cfg.init else None
     card = _model_card(cfg, labels, modality, meta, init)
     card.training_data = training_data_of(trn, val, modality, meta, dataset_dir.name)
-    prepared = prepare_cases(info.share(trn), card, cfg.cache_workers)
+    prepared = prepare_cases(info.share(trn), card, cfg.cache_workers, ignore)
     val_data = load_validation(val, card) if info.is_main else []
-    return TrainData(card, trn, val, prepared, val_data, init)
+    return TrainData(card, trn, val, prepared, val_data, init, ignore)
 
 
 def _model_card(cfg: TrainConfig, labels: dict[str, int], modality: str, meta: dict, init: Bundle | None) -> ModelCard:
@@ -201,7 +203,7 @@ class Trainer:
                  counts: torch.Tensor | None = None) -> None:
         """``counts``: the training voxels of each class over every rank (for class weights)."""
         self.cfg, self.card, self.ranks, self.run_dir = cfg, data.card, ranks, run_dir
-        self.device, self.val_data = ranks.device, data.val_data
+        self.device, self.val_data, self.ignore = ranks.device, data.val_data, data.ignore
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.card)
         self.kept = transfer_weights(data.init, self.model, self.card) if data.init is not None else []
@@ -276,6 +278,10 @@ class Trainer:
         self.net.train()
         if cfg.freeze_encoder:
             self.model.encoder.eval()  # frozen batch-norm statistics too
+        if cfg.freeze_batchnorm:  # the starting model's statistics, not those of a few slices' crops
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         t0, losses = time.perf_counter(), []
         batches = self._batches(epoch)
         for step in range(cfg.steps_per_epoch):
@@ -293,7 +299,7 @@ class Trainer:
     def validate(self, epoch: int, loss: float, seconds: float) -> dict:
         """Rank 0: score the model on the validation cases; the epoch's history row."""
         cfg = self.cfg
-        metrics = evaluate_cases(self.model, self.val_data, self.card, self.device, hd95=cfg.hd95)
+        metrics = evaluate_cases(self.model, self.val_data, self.card, self.device, hd95=cfg.hd95, ignore=self.ignore)
         dice = {k: v["dice"] for k, v in metrics.items() if "dice" in v}
         hd95 = {k: v["hd95"] for k, v in metrics.items() if "hd95" in v}
         row = {
@@ -360,8 +366,18 @@ def _training_notes(cfg: TrainConfig, data: TrainData, trainer: Trainer, dataset
         "command": command,
         "init": None if init is None else {"name": init.card.name, "path": str(cfg.init), "kept_classes": trainer.kept},
         "frozen_encoder": cfg.freeze_encoder,
+        "frozen_batchnorm": cfg.freeze_batchnorm,
+        "sparse_labels": _sparse_notes(data),
         "medseg_version": __version__,
     }
+
+
+def _sparse_notes(data: TrainData) -> dict | None:
+    """With an ``ignore`` label: its value and the axial slices labelled in each training case (this rank's)."""
+    if data.ignore is None:
+        return None
+    return {"ignore": data.ignore,
+            "labelled_slices": {c.name: f"{c.slices().size}/{c.image.shape[0]}" for c in data.prepared}}
 
 
 def _begin_run_folder(run_dir: Path, cfg: TrainConfig, resumed: bool) -> None:

@@ -30,16 +30,21 @@ from .errors import MedsegError
 from .geometry import array_on_grid_of
 from .io import Scan, load_scan
 from .metrics import label_metrics
-from .transforms import LoadCased, ToModelSpaced, context_indices, training_augmentation
+from .transforms import IGNORE_INDEX, LoadCased, ToModelSpaced, context_indices, training_augmentation
 
 
 @dataclass
 class PreparedCase:
     name: str
     image: np.ndarray  # (Z, X', Y') float16, intensity-scaled, resampled in-plane
-    classes: np.ndarray  # (Z, X', Y') uint8 class indices
+    classes: np.ndarray  # (Z, X', Y') uint8 class indices (IGNORE_INDEX: not labelled)
     foreground: np.ndarray  # indices of slices holding any foreground
     intensity_range: tuple[float, float] = (math.nan, math.nan)  # raw 1-99 % of the image
+    labelled: np.ndarray | None = None  # indices of slices holding any labelled voxel (None: every slice)
+
+    def slices(self) -> np.ndarray:
+        """The slices training may draw: those holding labelled voxels."""
+        return np.arange(self.image.shape[0]) if self.labelled is None else self.labelled
 
 
 def training_intensity_range(ranges: Iterable[tuple[float, float]]) -> list[float] | None:
@@ -70,13 +75,13 @@ def class_weights(counts: torch.Tensor | None, mode: str) -> torch.Tensor | None
     return (w / w.mean()).float()
 
 
-def preprocessing_pipeline(card: ModelCard):
-    """The cached, deterministic part: MONAI ``Compose`` of load/orient and model-space transforms."""
+def preprocessing_pipeline(card: ModelCard, ignore: int | None = None):
+    """The cached, deterministic part: MONAI ``Compose`` of load/orient and model-space transforms
+    (``ignore``: the dataset's ignore label value, whose voxels become :data:`IGNORE_INDEX`)."""
     from monai.transforms import Compose
 
-    return Compose(
-        [LoadCased(card.modality, card.orientation), ToModelSpaced(card.preprocessing, card.spacing, card.label_values)]
-    )
+    return Compose([LoadCased(card.modality, card.orientation),
+                    ToModelSpaced(card.preprocessing, card.spacing, card.label_values, ignore)])
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -89,8 +94,11 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def prepare_cases(cases: list[Case], card: ModelCard, workers: int = 0) -> list[PreparedCase]:
+def prepare_cases(cases: list[Case], card: ModelCard, workers: int = 0, ignore: int | None = None) -> list[PreparedCase]:
     """Load and preprocess every case once (MONAI ``CacheDataset``), ``workers`` threads at a time.
+
+    ``ignore``: the dataset's ignore label value (sparse labels); a case with no labelled voxel
+    at all is an error naming its label file.
 
     ``workers=0``: one per CPU core, at most 8 and at most one per case. The cache is filled by
     our own thread pool (``runtime_cache``) rather than MONAI's, because MONAI's ``ThreadPool``
@@ -107,7 +115,7 @@ def prepare_cases(cases: list[Case], card: ModelCard, workers: int = 0) -> list[
     workers = int(workers) if workers else min(os.cpu_count() or 1, 8)
     workers = max(1, min(workers, len(items)))
     try:
-        ds = CacheDataset(items, transform=preprocessing_pipeline(card), cache_rate=1.0, num_workers=workers,
+        ds = CacheDataset(items, transform=preprocessing_pipeline(card, ignore), cache_rate=1.0, num_workers=workers,
                           progress=False, runtime_cache=True)
         if workers == 1:
             loaded = [ds[i] for i in range(len(ds))]
@@ -119,10 +127,21 @@ def prepare_cases(cases: list[Case], card: ModelCard, workers: int = 0) -> list[
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
         out = [PreparedCase(d["name"], d["image"], d["label"], d["foreground"],
-                            tuple(d.get("intensity_range", (math.nan, math.nan)))) for d in loaded]
+                            tuple(d.get("intensity_range", (math.nan, math.nan))),
+                            d["labelled"] if ignore is not None else None) for d in loaded]
     except Exception as exc:
         raise _unwrap(exc) from None
+    for case, prepared in zip(cases, out):
+        if prepared.labelled is not None and prepared.labelled.size == 0:
+            raise MedsegError(f"{case.label}: every voxel is the ignore label (no labelled slice): nothing to learn from")
     return out
+
+
+def _window_start(n: int, size: int, at: int | None, rng: np.random.Generator) -> int:
+    """A random start of a ``size`` window in ``n`` (``n > size``), one that holds ``at`` when given."""
+    if at is None:
+        return int(rng.integers(0, n - size + 1))
+    return int(rng.integers(max(0, at - size + 1), min(n - size, at) + 1))
 
 
 def _crop_or_pad(img: np.ndarray, lab: np.ndarray, size: int, rng: np.random.Generator):
@@ -130,11 +149,19 @@ def _crop_or_pad(img: np.ndarray, lab: np.ndarray, size: int, rng: np.random.Gen
 
     Where a slice is smaller than the window it is placed at a random offset and padded by
     repeating its edge, as the network pads its input at inference (a zero border here would
-    teach the model a context it never sees when segmenting, and small scans would fail).
+    teach the model a context it never sees when segmenting, and small scans would fail). A
+    slice labelled only in part (the rest :data:`IGNORE_INDEX`) gets a window around one of
+    its labelled pixels, so a step is never spent on unlabelled voxels alone.
     """
     c, h, w = img.shape
-    y0 = rng.integers(0, h - size + 1) if h > size else 0
-    x0 = rng.integers(0, w - size + 1) if w > size else 0
+    at = (None, None)
+    if (h > size or w > size) and (lab == IGNORE_INDEX).any():
+        ys, xs = np.nonzero(lab != IGNORE_INDEX)
+        if ys.size:
+            i = int(rng.integers(ys.size))
+            at = (int(ys[i]), int(xs[i]))
+    y0 = _window_start(h, size, at[0], rng) if h > size else 0
+    x0 = _window_start(w, size, at[1], rng) if w > size else 0
     oy = rng.integers(0, size - h + 1) if h < size else 0
     ox = rng.integers(0, size - w + 1) if w < size else 0
     hh, ww = min(h, size), min(w, size)
@@ -148,7 +175,8 @@ class SliceSampler:
     """Batches of augmented 2.5D training slices, each batch a pure function of its key.
 
     ``batch(epoch, step)`` draws ``foreground_fraction`` of its slices from slices holding
-    foreground (so small organs and tumours are seen), crops/pads them to ``crop`` pixels and
+    foreground (so small organs and tumours are seen), the others from the slices holding any
+    labelled voxel (all of them, unless the dataset has an ``ignore`` label), crops/pads them to ``crop`` pixels and
     applies the MONAI augmentation. The generator is seeded by ``(seed, rank, epoch, step)``.
     """
 
@@ -170,7 +198,7 @@ class SliceSampler:
             if case.foreground.size and rng.random() < cfg.foreground_fraction:
                 z = int(rng.choice(case.foreground))
             else:
-                z = int(rng.integers(depth))
+                z = int(rng.choice(case.slices()))  # sparse labels: only labelled slices
             idx = context_indices(np.array([z]), self.context, depth)[0]
             img, lab = _crop_or_pad(case.image[idx].astype(np.float32), case.classes[z], cfg.crop, rng)
             if self.augment is not None:
@@ -192,9 +220,11 @@ def load_validation(cases: list[Case], card: ModelCard) -> list[tuple[Scan, np.n
 
 
 def evaluate_cases(
-    model, cases: list[tuple[Scan, np.ndarray]], card: ModelCard, device, hd95: bool = False
+    model, cases: list[tuple[Scan, np.ndarray]], card: ModelCard, device, hd95: bool = False, ignore: int | None = None
 ) -> dict[str, dict[str, float]]:
     """Mean 3D Dice (and HD95, mm) per label of full-volume slice-wise predictions on held-out cases.
+
+    ``ignore``: the reference's ignore label value; its voxels are left out of every metric.
 
     One :class:`~medseg.inference.Predictor` (a copy of ``model``, so the model being trained is
     left as it is) segments every case through the inference path; metrics from
@@ -207,7 +237,7 @@ def evaluate_cases(
     scores: dict[str, dict[str, list[float]]] = {}
     for image, ref in cases:
         pred = predictor.predict_scan(image)
-        for name, row in label_metrics(pred, ref, card.labels, spacing=image.spacing, hd95=hd95).items():
+        for name, row in label_metrics(pred, ref, card.labels, spacing=image.spacing, hd95=hd95, ignore=ignore).items():
             for metric, value in row.items():
                 if not math.isnan(value):
                     scores.setdefault(name, {}).setdefault(metric, []).append(value)

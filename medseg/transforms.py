@@ -129,32 +129,45 @@ class LoadCased(MapTransform):
         return d
 
 
+IGNORE_INDEX = 255  # the class index of voxels that are not labelled (a dataset's ``ignore`` label)
+
+
 class ToModelSpaced(MapTransform):
     """MONAI dictionary transform: the model's input space, slices first.
 
     ``image`` is scaled per modality (the inference preset) and resampled in-plane to the
     model's spacing (bilinear), ``label`` values become class indices (``label_values[c]`` ->
-    ``c``) resampled with nearest neighbour. Output arrays are (Z, X', Y'): float16 image,
-    uint8 classes, and ``foreground``, the indices of slices that hold any foreground.
+    ``c``, the dataset's ``ignore`` value -> :data:`IGNORE_INDEX`) resampled with nearest
+    neighbour. Output arrays are (Z, X', Y'): float16 image, uint8 classes; ``labelled``, the
+    indices of slices holding any labelled voxel, and ``foreground``, those holding foreground.
     ``intensity_range`` is the image's raw 1-99 % range, which training records in the card.
     """
 
-    def __init__(self, preprocessing: dict[str, Any], spacing, label_values: list[int]) -> None:
+    def __init__(self, preprocessing: dict[str, Any], spacing, label_values: list[int], ignore: int | None = None) -> None:
         super().__init__(("image", "label"))
         self.preprocessing = preprocessing
         self.spacing = tuple(float(s) for s in spacing)
         self.label_values = list(label_values)
+        self.ignore = ignore
+        if len(self.label_values) >= IGNORE_INDEX:
+            raise ValueError(f"at most {IGNORE_INDEX - 1} classes can be trained, got {len(self.label_values)}")
 
-    def __call__(self, data: dict) -> dict:
+    def _classes(self, label: np.ndarray, source) -> np.ndarray:
         from .labels import check_label_map
 
-        d = dict(data)
-        view = d["image"]
-        lab = check_label_map(d["label"], d["label_path"], self.label_values,
-                              declared_in="declared in the dataset's labels").astype(np.int64, copy=False)
-        lut = np.zeros(max(int(lab.max(initial=0)), max(self.label_values)) + 1, dtype=np.uint8)
+        declared = self.label_values + ([self.ignore] if self.ignore is not None else [])
+        lab = check_label_map(label, source, declared, declared_in="declared in the dataset's labels")
+        lut = np.zeros(max(int(lab.max(initial=0)), max(declared)) + 1, dtype=np.uint8)
         for c, v in enumerate(self.label_values):
             lut[v] = c
+        if self.ignore is not None:
+            lut[self.ignore] = IGNORE_INDEX
+        return lut[lab]
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        view = d["image"]
+        classes = self._classes(d["label"], d["label_path"])
         size = target_size(view.shape[:2], d["spacing"], self.spacing)
         from .intensity import intensity_summary, refuse_empty
 
@@ -169,11 +182,13 @@ class ToModelSpaced(MapTransform):
         if finite is not None:  # NaN/inf: the background value
             x = torch.where(finite, x, torch.zeros((), dtype=x.dtype))
         x = resize_slices(x, size, "bilinear")[:, 0]
-        y = torch.from_numpy(np.ascontiguousarray(np.moveaxis(lut[lab], 2, 0)))[:, None]
+        y = torch.from_numpy(np.ascontiguousarray(np.moveaxis(classes, 2, 0)))[:, None]
         y = resize_slices(y.float(), size, "nearest")[:, 0].to(torch.uint8)
         d["image"] = x.numpy().astype(np.float16)
         d["label"] = y.numpy()
-        d["foreground"] = np.flatnonzero(y.flatten(1).amax(dim=1).numpy() > 0)
+        flat = y.flatten(1)
+        d["labelled"] = np.flatnonzero((flat != IGNORE_INDEX).any(dim=1).numpy())
+        d["foreground"] = np.flatnonzero(((flat > 0) & (flat != IGNORE_INDEX)).any(dim=1).numpy())
         return d
 
 

@@ -6,6 +6,10 @@
   threshold are stated above it); slices above the threshold are highlighted, reviewed ones ticked.
 - Keys (on the viewer): ``N`` next uncertain slice, ``Shift-N`` previous, ``Shift-R`` mark the
   slice on screen reviewed and go to the next one.
+- What the user checked is kept per axial slice: *painted* (a brush, fill or erase stroke made in
+  the axial view), *reviewed* (Shift-R), *filled* (by "Fill between", not yet looked at: shown
+  apart, and not used for training until accepted) and *accepted* fills. Painted, reviewed and
+  accepted slices are the labelled ones that "Add to training set" keeps.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ class ReviewPanel(QWidget):
         self.order: list[int] = []  # slices, worst first
         self.scores: np.ndarray = np.zeros(0)
         self.reviewed: set[int] = set()
+        self.painted: set[int] = set()  # axial slices the user painted on (in the axial view)
+        self.filled: set[int] = set()  # slices written by "Fill between", not yet accepted
+        self.accepted: set[int] = set()  # filled slices the user accepted
+        self.filling = False  # True while a fill writes the layer: its paint event is not the user's
         self._cursor = -1  # position in ``order`` of the slice last visited with N / Shift-N
         self._model_volumes: dict[str, float] = {}
         self.legend = QTableWidget(0, 3)
@@ -82,10 +90,12 @@ class ReviewPanel(QWidget):
         self.corrected, self.prediction = corrected, prediction
         self.scores = np.asarray(scores, dtype=float)
         self.order = [int(k) for k in np.argsort(-self.scores, kind="stable")]
-        self.reviewed.clear()
+        for marks in (self.reviewed, self.painted, self.filled, self.accepted):
+            marks.clear()
         self._cursor = -1
         self._model_volumes = volumes(prediction) if prediction is not None else {}
         corrected.events.paint.connect(lambda *_: self._timer.start())
+        corrected.events.paint.connect(lambda event, layer=corrected: self._on_paint(layer, event))
         corrected.events.set_data.connect(lambda *_: self._timer.start())
         self._fill_legend()
         self._fill_slices()
@@ -128,10 +138,14 @@ class ReviewPanel(QWidget):
 
     def _style(self, item: QListWidgetItem) -> None:
         k = int(item.data(ROLE))
-        tick = "✓ " if k in self.reviewed else ""
-        item.setText(f"{tick}slice {k}: {self.scores[k]:.3f}")
-        high = bool(self.scores[k] > UNCERTAIN_SLICE) and k not in self.reviewed
-        item.setForeground(QBrush(QColor("#ff6b5a" if high else ("#7f7f7f" if k in self.reviewed else "#d0d0d0"))))
+        done = k in self.labelled_set()
+        marks = "".join(m for m, on in (("✓", k in self.reviewed), ("✎", k in self.painted), ("≈", k in self.filled),
+                                         ("≈✓", k in self.accepted)) if on)
+        tail = " (filled, not reviewed)" if k in self.filled else ""
+        item.setText(f"{marks + ' ' if marks else ''}slice {k}: {self.scores[k]:.3f}{tail}")
+        high = bool(self.scores[k] > UNCERTAIN_SLICE) and not done
+        colour = "#6fa8dc" if k in self.filled else ("#ff6b5a" if high else ("#7f7f7f" if done else "#d0d0d0"))
+        item.setForeground(QBrush(QColor(colour)))
         font = QFont()
         font.setBold(high)
         item.setFont(font)
@@ -154,14 +168,15 @@ class ReviewPanel(QWidget):
         self.viewer.dims.set_point(0, float(self.corrected.data_to_world((k, 0, 0))[0]))
 
     def step(self, direction: int) -> int | None:
-        """Go to the next (+1) or previous (-1) not-yet-reviewed slice in worst-first order."""
+        """Go to the next (+1) or previous (-1) slice not yet reviewed or painted, in worst-first order."""
         n = len(self.order)
         i = self._cursor
+        done = self.labelled_set()
         for _ in range(n):
             i += direction
             if not 0 <= i < n:
                 return None
-            if self.order[i] not in self.reviewed:
+            if self.order[i] not in done:
                 self.go_to(self.order[i])
                 return self.order[i]
         return None
@@ -172,15 +187,56 @@ class ReviewPanel(QWidget):
         if k is None:
             return None
         self.reviewed.add(k)
-        if k in self.order:
-            self._style(self.slices.item(self.order.index(k)))
+        self.filled.discard(k)  # a filled slice looked at and ticked: reviewed
+        self._restyle([k])
         if self.on_reviewed is not None:
             self.on_reviewed()
         return self.step(+1)
 
+    # ------------------------------------------------------------------ what the user checked
+    def labelled_set(self) -> set[int]:
+        """Axial slices whose labels the user vouches for: painted, reviewed or accepted after a fill."""
+        return self.reviewed | self.painted | self.accepted
+
+    def labelled(self) -> dict[str, list[int]]:
+        """The labelled slices by reason (what a training set records); filled, unaccepted ones are not among them."""
+        out = {"painted": self.painted, "reviewed": self.reviewed, "filled_accepted": self.accepted}
+        return {reason: sorted(ks) for reason, ks in out.items() if ks}
+
+    def mark_filled(self, slices) -> None:
+        """Slices a fill wrote: shown as filled (not reviewed) until accepted, painted or ticked."""
+        new = {int(k) for k in slices} - self.labelled_set()
+        self.filled |= new
+        self._restyle(new)
+
+    def accept_filled(self) -> list[int]:
+        """The user accepts the filled slices: they become labelled. Returns them."""
+        accepted = sorted(self.filled)
+        self.accepted |= self.filled
+        self.filled.clear()
+        self._restyle(accepted)
+        if self.on_reviewed is not None:
+            self.on_reviewed()
+        return accepted
+
+    def _on_paint(self, layer: Labels, event) -> None:
+        if layer is not self.corrected or self.filling:
+            return
+        touched = painted_slices(getattr(event, "value", None))
+        if touched:
+            self.painted |= touched
+            self.filled -= touched
+            self._restyle(touched)
+
+    def _restyle(self, slices) -> None:
+        for k in slices:
+            if k in self.order:
+                self._style(self.slices.item(self.order.index(k)))
+
     def state(self) -> dict:
-        """What a restart must not lose: the scores and the slices marked reviewed."""
-        return {"uncertainty": [round(float(v), 5) for v in self.scores], "reviewed": sorted(self.reviewed)}
+        """What a restart must not lose: the scores and the slices reviewed, painted, filled and accepted."""
+        return {"uncertainty": [round(float(v), 5) for v in self.scores], "reviewed": sorted(self.reviewed),
+                "painted": sorted(self.painted), "filled": sorted(self.filled), "accepted": sorted(self.accepted)}
 
     def restore(self, corrected: Labels, state: dict) -> bool:
         """Show a restored layer's review (scores, reviewed slices) as it was; False when there is none."""
@@ -188,7 +244,8 @@ class ReviewPanel(QWidget):
         if not isinstance(scores, list) or len(scores) != corrected.data.shape[0]:
             return False
         self.set_result(corrected, None, np.asarray(scores, dtype=float))
-        self.reviewed = {int(k) for k in state.get("reviewed", []) if 0 <= int(k) < len(scores)}
+        for key in ("reviewed", "painted", "filled", "accepted"):
+            getattr(self, key).update(int(k) for k in state.get(key, []) if 0 <= int(k) < len(scores))
         for i in range(self.slices.count()):
             self._style(self.slices.item(i))
         return True
@@ -203,8 +260,34 @@ class ReviewPanel(QWidget):
         if k is None:
             return
         z = float(self.viewer.dims.point[0])
-        mark = " (reviewed)" if k in self.reviewed else ""
+        mark = next((f" ({word})" for word, marks in (("reviewed", self.reviewed), ("painted", self.painted),
+                     ("filled, not reviewed", self.filled), ("fill accepted", self.accepted)) if k in marks), "")
         self.position.setText(f"axial slice {k + 1} of {self.corrected.data.shape[0]}, z = {z:.1f} mm{mark}")
+
+
+def painted_slices(item) -> set[int]:
+    """The axial slices (display axis 0) a napari paint event's history item changed, counting only
+    edits made within one axial slice (a stroke in a coronal or sagittal view, or a 3-D fill,
+    touches many axial slices in part: those are not corrected slices).
+
+    Recent napari records mask-based edits (``slice_key`` bounding boxes), older versions
+    ``(indices, old, new)`` tuples; both are read."""
+    out: set[int] = set()
+    for atom in item or []:
+        key = getattr(atom, "slice_key", None)
+        if key is not None:
+            first = key[0]
+            start, stop = (first.start or 0, first.stop) if isinstance(first, slice) else (int(first), int(first) + 1)
+            if stop is not None and stop - start == 1:
+                out.add(int(start))
+            continue
+        try:
+            zs = np.unique(np.asarray(atom[0][0]))
+        except (TypeError, IndexError):
+            continue
+        if zs.size == 1:
+            out.add(int(zs[0]))
+    return out
 
 
 def _swatch(rgba: np.ndarray):
@@ -215,4 +298,4 @@ def _swatch(rgba: np.ndarray):
     return QIcon(pix)
 
 
-__all__ = ["KEYS", "ReviewPanel", "volumes"]
+__all__ = ["KEYS", "ReviewPanel", "painted_slices", "volumes"]

@@ -53,21 +53,36 @@ class TuningMixin:
         return out
 
     def add_to_training_set(self, folder: str | Path, layer: Labels | None = None):
-        """Append the scan and its corrected mask to a dataset folder (nnU-Net layout)."""
-        from medseg.data import add_case
+        """Append the scan and its corrected mask to a dataset folder (nnU-Net layout).
+
+        For the layer under review only the slices the user painted, ticked reviewed or accepted
+        after a fill are labelled; every other slice is written as the dataset's ``ignore`` label and
+        dataset.json records the slices. Any other Labels layer (a mask opened from a file) is added whole."""
+        from medseg.curation import add_case
 
         try:
             layer = layer or self._labels_layer()
             labels, scan = labels_in_scan_order(layer.data, layer.metadata, layer.name)
             names = layer.metadata.get(NAMES_KEY) or {"background": 0}
-            case = add_case(folder, scan, labels, names)
+            reviewed = layer is self.panel.corrected
+            labelled = self.panel.labelled() if reviewed else None
+            if reviewed and not labelled:
+                raise MedsegError("no slice is labelled yet: paint your corrections on the slices that need them and "
+                                  "tick the right ones reviewed (Shift-R); only those slices are added for training")
+            case = add_case(folder, scan, labels, names, labelled=labelled)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
             return None
         self.dataset_dir = Path(folder)
         what = "updated" if getattr(case, "updated", False) else "added"
-        message = f"{what} {case.name} in {folder}" + (" (this scan was already there: its mask is replaced)"
-                                                       if what == "updated" else "")
+        if labelled:
+            n = len(self.panel.labelled_set())
+            parts = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in labelled.items())
+            slices = f" with {n} labelled slice(s) ({parts}); the other {layer.data.shape[0] - n} are 'ignore'"
+        else:
+            slices = " (every slice labelled)"
+        message = f"{what} {case.name} in {folder}{slices}" + (
+            "; this scan was already there: its labels are replaced" if what == "updated" else "")
         show_info(message)
         self.status.setText(message)
         return case

@@ -38,6 +38,7 @@ from ._autosave import Autosaver, restore
 from ._finetune import DEFAULT_EPOCHS
 from ._jobs import DEFAULT_MODEL, Failed, _background, _predictor, _segment_job
 from ._live import LivePreview
+from ._loop import CorrectionLoopMixin
 from ._layers import SCAN_KEY, labels_layer
 from ._reader import prefer_medseg_reader
 from ._review import ReviewPanel
@@ -56,8 +57,8 @@ def debugging() -> bool:
     """``MEDSEG_DEBUG=1``: failures also print their traceback in the terminal."""
     return os.environ.get("MEDSEG_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
-class SegmentWidget(TuningMixin, QWidget):
-    """Dock widget: Segment, review (uncertain slices first), correct, save, add to a dataset, fine-tune."""
+class SegmentWidget(TuningMixin, CorrectionLoopMixin, QWidget):
+    """Dock widget: Segment, review (uncertain slices first), correct, fill between, save, add to a dataset, fine-tune."""
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -168,6 +169,7 @@ class SegmentWidget(TuningMixin, QWidget):
         paint = QFormLayout()
         paint.addRow("paint label", self.label_box)
         layout.addLayout(paint)
+        layout.addLayout(self._loop_controls())
         layout.addWidget(self.save_button)
         layout.addWidget(self.add_button)
         tune_row = QHBoxLayout()

@@ -142,7 +142,7 @@ def _scan_file(tmp_path, seed, name, order=(0, 1, 2)):
 
 
 def test_adding_the_same_scan_again_updates_its_case(tmp_path):
-    from medseg.data import add_case
+    from medseg.curation import add_case
     from medseg.io import load_scan
     from medseg.phantom import LABELS
 
@@ -162,7 +162,7 @@ def test_adding_the_same_scan_again_updates_its_case(tmp_path):
 
 
 def test_a_different_scan_with_a_taken_name_gets_a_suffix_and_updates_there(tmp_path):
-    from medseg.data import add_case
+    from medseg.curation import add_case
     from medseg.phantom import LABELS
 
     root = tmp_path / "ds"
@@ -179,7 +179,7 @@ def test_a_different_scan_with_a_taken_name_gets_a_suffix_and_updates_there(tmp_
 
 
 def test_update_writes_the_labels_in_the_stored_images_axis_order(tmp_path):
-    from medseg.data import add_case
+    from medseg.curation import add_case
     from medseg.io import load_scan
     from medseg.phantom import LABELS
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import hash_tree as hashes
 
-from medseg.data import add_case, check_dataset, find_cases, index_dataset, read_labels
+from medseg.curation import add_case
+from medseg.data import check_dataset, find_cases, index_dataset, read_labels
 from medseg.errors import MedsegError
 from medseg.phantom import LABELS, make_dataset, make_phantom, write_nifti
 

@@ -293,27 +293,81 @@ class _capture_errors:
         _widget.show_error = self.old
 
 
+def _dice(a, b):
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
 @pytest.mark.slow
-def test_add_to_training_set_and_fine_tune(make_napari_viewer, qtbot, tmp_path):
+def test_correction_loop_fill_add_and_fine_tune(make_napari_viewer, qtbot, tmp_path):
+    """Correct two slices, fill the liver between them, accept, add to a training set (the other
+    slices become 'ignore'), fine-tune on it: the loop of the README's napari section."""
+    import json
+
     from medseg.bundle import load_bundle
     from medseg.data import check_dataset
+    from medseg.geometry import to_display
 
     viewer, widget = _segmented(make_napari_viewer, qtbot)
+    panel, layer = widget.panel, widget.corrected
+    truth = viewer.layers["phantom CT ground truth"].data
+    depth = layer.data.shape[0]
+    liver = np.flatnonzero((truth == 1).any(axis=(1, 2)))
+    a = int(liver[len(liver) // 3])
+    b = a + 5
+    assert widget.add_to_training_set(tmp_path / "empty") is None  # nothing labelled yet: refused, with a message
+    assert "no slice is labelled yet" in widget.status.text() and not (tmp_path / "empty").exists()
+    # the user corrects slice a with the brush (axial view), and slice b too, then ticks b reviewed
+    layer.paint((a, 5, 5), 1, refresh=True)  # a stroke that changes something (the corner is background)
+    assert panel.painted == {a}
+    for k in (a, b):
+        where = np.nonzero(layer.data[k] != truth[k])
+        layer.data_setitem((np.full(where[0].size, k), *where), truth[k][where])
+    panel.go_to(b)
+    panel.mark_reviewed()
+    assert panel.labelled() == {"painted": [a, b], "reviewed": [b]}
+    # the model missed the liver between them; Fill between gives it back
+    between = layer.data[a + 1 : b]
+    between[between == 1] = 0
+    before_fill = layer.data.copy()
+    widget.label_box.setCurrentIndex(1)  # 1: liver
+    filled = widget.fill_between_slices()
+    assert filled == list(range(a + 1, b))
+    for k in filled:
+        assert _dice(layer.data[k] == 1, truth[k] == 1) >= 0.9, k
+    assert panel.filled == set(filled) and panel.painted == {a, b}  # a fill is not the user's painting
+    assert "filled, not reviewed" in panel.slices.item(panel.order.index(filled[0])).text()
+    layer.undo()  # one undoable step
+    np.testing.assert_array_equal(layer.data, before_fill)
+    layer.redo()
+    # added before accepting: only the painted and reviewed slices are labelled
     ds = tmp_path / "hospital"
     case = widget.add_to_training_set(ds)
-    assert case is not None and case.name == "phantom_ct_dicom" and not case.updated
-    widget.corrected.data[21, 10:20, 10:20] = 5  # a further correction of the same scan
+    assert case is not None and "2 labelled slice(s)" in widget.status.text(), widget.status.text()
+    assert check_dataset(ds).labelled == {case.name: (2, depth)}
+    widget.accept_filled()
+    assert panel.filled == set() and panel.labelled()["filled_accepted"] == filled
     again = widget.add_to_training_set(ds)
-    assert again.name == "phantom_ct_dicom" and again.updated and "updated phantom_ct_dicom" in widget.status.text()
+    assert again.updated and again.name == case.name
     idx = check_dataset(ds)
-    assert idx.problems == [] and len(idx.cases) == 1 and idx.labels == LABELS and idx.modality == "CT"
+    assert idx.problems == [] and idx.labelled == {case.name: (2 + len(filled), depth)}
+    assert idx.labels == {**LABELS, "ignore": 6}
+    meta = json.loads((ds / "dataset.json").read_text())
+    assert meta["labelled_slices"][case.name]["filled_accepted"] == filled
+    scan = viewer.layers["phantom CT"].metadata["medseg_scan"]
+    written, _ = to_display(load_scan(again.label).array, scan.affine)
+    keep = [a, *filled, b]
+    np.testing.assert_array_equal(written[keep], layer.data[keep])
+    assert (np.delete(written, keep, axis=0) == 6).all()
+    # fine-tune on it at once
     seen = set()
     widget.fine_tune(tmp_path / "run", epochs=2, steps=3)
     qtbot.waitUntil(lambda: seen.add(widget.status.text()) or not widget.running, timeout=600_000)
     assert widget.model_edit.text() == str(tmp_path / "run" / "best"), widget.status.text()
     assert any("epoch 1/2" in t and "loss" in t and "left" in t for t in seen), seen
     assert "Dice on the 1 training case (no case held out)" in widget.status.text(), widget.status.text()
-    assert load_bundle(tmp_path / "run" / "best").card.training["init"]["kept_classes"] == list(LABELS)
+    card = load_bundle(tmp_path / "run" / "best").card
+    assert card.training["init"]["kept_classes"] == list(LABELS) and "ignore" not in card.labels
+    assert card.training["sparse_labels"]["labelled_slices"] == {case.name: f"{len(keep)}/{depth}"}
     # a cancelled fine-tune says what it kept
     widget.fine_tune(tmp_path / "run2", epochs=5, steps=3)
     qtbot.waitUntil(lambda: (tmp_path / "run2" / "best" / "model.json").exists(), timeout=600_000)
@@ -432,6 +486,7 @@ def test_corrections_autosaved_and_restored_after_a_crash(make_napari_viewer, qt
     assert widget2.corrected is restored and "restored your autosaved corrections" in widget2.status.text()
     # the review comes back as it was: the ranking and the slice marked reviewed
     assert widget2.panel.order == widget.panel.order and widget2.panel.reviewed == {widget.panel.order[0]}
+    assert widget2.panel.painted == {20}  # the slice painted on
     np.testing.assert_allclose(widget2.panel.scores, widget.panel.scores, atol=1e-5)
     assert widget2.panel.slices.item(0).text().startswith("✓ ")
     # segmenting again keeps the restored work (it differs from any new prediction)
