@@ -75,3 +75,39 @@ def test_training_on_cuda(tmp_path):
     assert card.training["device"].startswith("cuda")
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert len(rows) == 2 and all(np.isfinite(float(row["loss"])) for row in rows)
+
+
+@pytest.mark.parametrize("loss", ["ce", "ce+dice"])
+def test_sparse_loss_under_autocast_on_cuda_matches_the_labelled_voxels_alone(loss):
+    """The ignore label on the GPU, logits from bf16/fp16 autocast as training makes them."""
+    from medseg.config import TrainConfig, make_loss
+    from medseg.transforms import IGNORE_INDEX
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = (torch.randn(4, 6, 32, 32, generator=g, device="cuda") * 2).to(torch.bfloat16)
+    y = torch.randint(0, 6, (4, 32, 32), generator=g, device="cuda")
+    y[:2] = IGNORE_INDEX
+    fn = make_loss(TrainConfig(loss=loss), None)
+    keep = y != IGNORE_INDEX
+    alone = fn(logits.movedim(1, -1)[keep].T[None, :, :, None], y[keep][None, :, None])
+    torch.testing.assert_close(fn(logits, y), alone, rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_fine_tune_on_cuda(tmp_path):
+    """Two labelled slices, the rest ignore: a fine-tune on CUDA (AMP, the viewer's sparse settings) runs and records them."""
+    from medseg.bundle import default_bundle_path
+    from medseg.config import TrainConfig
+    from medseg.curation import add_case
+    from medseg.io import Scan
+    from medseg.training import train
+
+    ph = make_phantom(905, shape=(96, 96, 24))
+    names = {"background": 0, **{k: v for k, v in LABELS.items() if v}}
+    add_case(tmp_path / "ds", Scan(ph.image.astype(np.float32), ph.affine, tmp_path / "p.nii.gz"), ph.labels, names,
+             labelled={"reviewed": [8, 14]})
+    cfg = TrainConfig(epochs=1, steps_per_epoch=4, init=str(default_bundle_path()), crop=64, val_cases=0,
+                      device="cuda", freeze_batchnorm=True, lr=1e-4)
+    bundle = train(tmp_path / "ds", tmp_path / "run", cfg)
+    assert bundle.card.training["device"].startswith("cuda") and bundle.card.training["amp"] != "off"
+    assert bundle.card.training["sparse_labels"]["labelled_slices"] == {"p": "2/24"}
+    assert all(np.isfinite(v) for v in bundle.card.training["val_dice"].values())
