@@ -1,4 +1,4 @@
-"""Planar contours (DICOM RTSTRUCT) onto a scan's voxel grid: slice matching and even-odd filling.
+"""Planar contours (DICOM RTSTRUCT) onto a scan's voxel grid and back: slice matching, even-odd filling, tracing.
 
 Contour points are patient coordinates (LPS millimetres, as DICOM stores them). Each contour is
 mapped through the scan's own affine (whatever its axis order, flips or acquisition plane) and
@@ -75,6 +75,32 @@ def rasterise(
     return mask
 
 
+def contours_of(mask: np.ndarray, affine: np.ndarray, axis: int = 2) -> list[tuple[int, np.ndarray]]:
+    """The planar contours of a mask, slice by slice along ``axis``: ``(slice, (N, 3) LPS mm)`` pairs.
+
+    Each slice's outlines (and the outlines of its holes) are traced at the 0.5 level of the
+    binary image (``skimage.measure.find_contours``), so they pass half-way between the voxels
+    inside and outside: :func:`rasterise` gives the mask back, holes included (even-odd rule).
+    """
+    from skimage.measure import find_contours
+
+    mask = np.asarray(mask, dtype=bool)
+    inplane = [a for a in range(3) if a != axis]
+    affine = np.asarray(affine, dtype=float)
+    out: list[tuple[int, np.ndarray]] = []
+    for k in np.flatnonzero(np.moveaxis(mask, axis, 0).any(axis=(1, 2))):
+        plane = np.pad(_plane(mask, axis, int(k)), 1).astype(np.float32)  # a closed outline at the edges too
+        for line in find_contours(plane, 0.5):
+            if len(line) > 1 and np.allclose(line[0], line[-1]):
+                line = line[:-1]
+            vox = np.zeros((len(line), 3))
+            vox[:, axis] = k
+            vox[:, inplane[0]], vox[:, inplane[1]] = line[:, 0] - 1, line[:, 1] - 1
+            ras = vox @ affine[:3, :3].T + affine[:3, 3]
+            out.append((int(k), ras @ LPS_TO_RAS.T))
+    return out
+
+
 def _plane(volume: np.ndarray, axis: int, k: int) -> np.ndarray:
     return np.moveaxis(volume, axis, 0)[k]
 
@@ -131,4 +157,4 @@ def _mark_boundary(rows: np.ndarray, cols: np.ndarray, plane: tuple[int, int], o
                 out[r, cc] = True
 
 
-__all__ = ["rasterise", "to_voxels"]
+__all__ = ["contours_of", "rasterise", "to_voxels"]

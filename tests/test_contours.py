@@ -110,3 +110,23 @@ def test_the_slice_is_found_by_position_not_by_index():
     assert np.allclose(contour[:, 2], -31.0)
     mask = rasterise([contour], affine, (16, 16, 6))
     assert np.flatnonzero(mask.any(axis=(0, 1))).tolist() == [3]
+
+
+@pytest.mark.parametrize("name", list(_affines()))
+def test_masks_traced_to_contours_and_rasterised_back_are_unchanged_holes_included(name):
+    pytest.importorskip("skimage", reason="tracing contours needs scikit-image")
+    from medseg.contours import contours_of
+    from medseg.phantom import make_phantom
+
+    affine, axis = _affines()[name]
+    labels = make_phantom(321, shape=(64, 64, 12)).labels
+    labels = np.moveaxis(labels, 2, 0) if axis == 0 else labels
+    ring = labels == 1  # the phantom's liver on every slice
+    at = [slice(None)] * 3
+    at[axis] = 6
+    annulus = _disk(ring.shape, axis, 6, (32, 32), 14) & ~_disk(ring.shape, axis, 6, (32, 32), 6)
+    ring[tuple(at)] = annulus[tuple(at)]  # slice 6 holds a ring: an outline and a hole
+    contours = contours_of(ring, affine, axis)
+    assert {k for k, _ in contours} == set(np.flatnonzero(np.moveaxis(ring, axis, 0).any(axis=(1, 2))).tolist())
+    back = rasterise([c for _, c in contours], affine, ring.shape, axis=axis, name="liver")
+    np.testing.assert_array_equal(back, ring)
