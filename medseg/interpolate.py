@@ -40,6 +40,7 @@ def fill_between(
     axis: int = 2,
     spacing: tuple[float, float] = (1.0, 1.0),
     values: Iterable[int] | None = None,
+    replace: bool = False,
 ) -> tuple[np.ndarray, list[int]]:
     """``labels`` with the slices between key slices filled, and the indices of the slices filled.
 
@@ -47,7 +48,9 @@ def fill_between(
     For each structure (``values``, default every non-zero value) and each pair of consecutive key
     slices that both hold it, the slices between them get the structure where its interpolated
     signed distance is inside. Only background voxels of non-key slices are written. ``spacing``
-    is the in-plane voxel size (mm) of the two other axes, in their order.
+    is the in-plane voxel size (mm) of the two other axes, in their order. ``replace``: on the
+    slices between two key slices the structure gets exactly its interpolated shape (its old voxels
+    there are cleared, as a model's prediction being corrected); other structures are still kept.
     """
     labels = np.asarray(labels)
     if labels.ndim != 3 or not 0 <= axis < 3:
@@ -61,11 +64,13 @@ def fill_between(
     values = sorted(int(v) for v in (values if values is not None else np.unique(moved)) if int(v) != 0)
     best = np.full(moved.shape, np.inf, dtype=np.float32)  # the deepest claim per voxel (most negative distance)
     claim = np.zeros(moved.shape, dtype=moved.dtype)
+    gaps = np.zeros(depth, dtype=bool)  # slices between two key slices holding a structure
     for value in values:
         holding = [k for k in keys if (moved[k] == value).any()]
         for a, b in zip(holding, holding[1:]):
             if b - a < 2 or any(a < k < b for k in keys if k not in holding):
                 continue  # neighbours, or a key slice between them says the structure is absent there
+            gaps[a + 1 : b] = True
             da, db = signed_distance(moved[a] == value, spacing), signed_distance(moved[b] == value, spacing)
             for k in range(a + 1, b):
                 t = (k - a) / (b - a)
@@ -75,9 +80,15 @@ def fill_between(
     out = moved.copy()
     not_key = np.ones(depth, dtype=bool)
     not_key[keys] = False
-    write = (claim != 0) & (moved == 0) & not_key[:, None, None]
+    free = moved == 0
+    if replace:  # the filled structures' old voxels between key slices make way for the interpolation
+        old = np.isin(moved, values) & gaps[:, None, None]
+        out[old] = 0
+        free |= old
+    write = (claim != 0) & free & not_key[:, None, None]
     out[write] = claim[write]
-    filled = [int(k) for k in np.flatnonzero(write.reshape(depth, -1).any(axis=1))]
+    touched = write | (out != moved)
+    filled = [int(k) for k in np.flatnonzero(touched.reshape(depth, -1).any(axis=1))]
     return np.ascontiguousarray(np.moveaxis(out, 0, axis)), filled
 
 

@@ -26,37 +26,14 @@ def display_spacing(layer) -> tuple[float, float]:
 
 
 def fill_structure(data: np.ndarray, keys: list[int], value: int, spacing: tuple[float, float]) -> tuple[tuple, list[int]]:
-    """Where to write ``value`` and where to clear it so that the slices between ``keys`` hold the
-    interpolated structure: ``((indices, new values), filled slices)`` on display data (axial = axis 0).
-
-    On each filled slice the structure's old voxels outside the interpolation are cleared and the
-    interpolation is written over background and the structure itself, never over another structure."""
+    """Where to write what so that the slices between ``keys`` hold the interpolated structure
+    ``value`` (:func:`medseg.interpolate.fill_between` with ``replace``): ``((indices, new values),
+    filled slices)`` on display data (axial = axis 0). Other structures are never overwritten."""
     from medseg.interpolate import fill_between
 
-    only = np.where(data == value, data, 0).astype(data.dtype)
-    gaps = _gaps(only, keys, value)
-    if not gaps:
-        return ((np.zeros(0, int),) * 3, np.zeros(0, data.dtype)), []
-    rows = np.zeros(data.shape[0], dtype=bool)
-    rows[gaps] = True
-    only[rows] = 0  # the model's old shape there is replaced, not added to
-    filled, slices = fill_between(only, keys, axis=0, spacing=spacing, values=[value])
-    inside = (filled == value) & rows[:, None, None]
-    new = data.copy()
-    new[rows[:, None, None] & (data == value) & ~inside] = 0
-    new[inside & ((data == 0) | (data == value))] = value
+    new, slices = fill_between(data, keys, axis=0, spacing=spacing, values=[value], replace=True)
     changed = np.nonzero(new != data)
-    return (changed, new[changed]), sorted(set(gaps) | set(slices))
-
-
-def _gaps(only: np.ndarray, keys: list[int], value: int) -> list[int]:
-    """The slices strictly between consecutive key slices that both hold ``value`` (no key slice between)."""
-    holding = [k for k in keys if (only[k] == value).any()]
-    out: list[int] = []
-    for a, b in zip(holding, holding[1:]):
-        if b - a >= 2 and not any(a < k < b for k in keys if k not in holding):
-            out += range(a + 1, b)
-    return out
+    return (changed, new[changed]), slices
 
 
 class CorrectionLoopMixin:

@@ -85,3 +85,16 @@ def test_signed_distance_is_negative_inside():
     mask[3:6, 3:6] = True
     d = signed_distance(mask, (2.0, 2.0))
     assert d[4, 4] < 0 < d[0, 0] and d[4, 4] == pytest.approx(-3.0) and np.isinf(signed_distance(~np.ones((3, 3), bool))).all()
+
+
+def test_replace_gives_the_between_slices_exactly_the_interpolated_shape():
+    labels = np.zeros((20, 20, 5), np.uint8)
+    labels[5:15, 5:15, [0, 4]] = 1
+    labels[0:20, 0:20, 2] = 1  # the model's prediction there: far too large
+    labels[0:2, 0:2, 2] = 2  # another structure: kept
+    kept, _ = fill_between(labels, key_slices=[0, 4])
+    assert (kept[:, :, 2] == 1).sum() == 20 * 20 - 4  # without replace only background is written
+    filled, slices = fill_between(labels, key_slices=[0, 4], values=[1], replace=True)
+    assert slices == [1, 2, 3]
+    np.testing.assert_array_equal(filled[:, :, 2] == 1, labels[:, :, 0] == 1)
+    assert (filled[0:2, 0:2, 2] == 2).all()
