@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml
 		echo "no GPU: installing the CPU build $(TORCH_CPU)"; \
 		$(BIN)/python -m pip install --quiet "$(TORCH_CPU)"; \
 	fi
-	$(BIN)/python -m pip install --quiet -e ".[dev,napari]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,napari,dicom]"
+	$(BIN)/python -m pip install --quiet --no-deps "rt-utils==1.2.7"  # test-only: RTSTRUCTs written by another tool
 	touch $@
 
 # The main job: segment the bundled sample DICOM series and score it against its ground truth.

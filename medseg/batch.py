@@ -32,7 +32,9 @@ from .batch_inputs import (
     outputs_of,
 )
 from .errors import MedsegError
-from .io import load_scan, save_mask
+from . import __version__
+from .dicom_results import check_extra, save_result
+from .io import load_scan
 from .reports import columns_of, write_csv, write_json, write_preview
 from .scan import reason
 
@@ -103,9 +105,23 @@ def _finished(case: BatchCase, overwrite: bool):
     if overwrite or (case.preview is not None and not case.preview.is_file()):
         return None
     try:
+        if case.format != "nifti":
+            return _existing_dicom(case)
         return existing_mask(case.output)
     except Exception:  # noqa: BLE001 - anything odd about the old mask: redo the case
         return None
+
+
+def _existing_dicom(case: BatchCase):
+    """A SEG / RTSTRUCT an earlier run wrote (written atomically: a readable header means whole), else None.
+    Its volumes are not read back: the row keeps them empty."""
+    from pydicom import dcmread
+
+    if not case.output.is_file():
+        return None
+    ds = dcmread(case.output, stop_before_pixels=True)
+    want = "SEG" if case.format == "dicom-seg" else "RTSTRUCT"
+    return ds if str(ds.get("Modality", "")) == want else None
 
 
 def _row(case: BatchCase, status: str, seconds: float, names: dict[str, int]) -> dict:
@@ -135,7 +151,8 @@ def _row_without_work(case: BatchCase, overwrite: bool, names: dict[str, int]) -
     if existing is None:
         return None
     row = _row(case, STATUS_SKIPPED, 0.0, names)
-    row.update(_volumes(existing.array, existing, names))
+    if case.format == "nifti":
+        row.update(_volumes(existing.array, existing, names))
     return row
 
 
@@ -154,6 +171,7 @@ class _Segmenter:
 
     predictor: object
     names: dict[str, int]
+    model_name: str
     on_case_start: Callable[[BatchCase, int, int], None] | None = None
     on_slices: Callable[[int, int], None] | None = None
     on_warning: Callable[[str], None] | None = None
@@ -194,7 +212,9 @@ class _Segmenter:
             if case.preview is not None:
                 write_preview(scan, labels, case.preview, self.names)
                 written.append(case.preview)
-            save_mask(labels, scan, case.output)  # last: a mask on disk means the case is complete
+            # last: a mask on disk means the case is complete
+            save_result(labels, scan, case.output, case.format, self.names, model_name=self.model_name,
+                        version=f"medseg {__version__}")
         except Exception:
             for path in written:  # outputs of this attempt: the case is redone by the next run
                 try:
@@ -251,7 +271,8 @@ def run_batch(
         else:
             report(row)
     if todo:  # the model is prepared once, and only when there is something to segment
-        run = _Segmenter(Predictor(bundle, dev, batch_size=batch_size), names, on_case_start, on_slices, on_warning)
+        run = _Segmenter(Predictor(bundle, dev, batch_size=batch_size), names, bundle.card.name, on_case_start,
+                         on_slices, on_warning)
         _segment_all(todo, run, modality, report)
     result.rows.sort(key=lambda r: r["case"])
     return result
@@ -297,13 +318,14 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------- medseg batch
 
 
-def _my_cases(ranks, input_dir, output_dir: Path, model, pattern: str, recursive: bool, preview: bool):
+def _my_cases(ranks, input_dir, output_dir: Path, model, pattern: str, recursive: bool, preview: bool, fmt: str):
     """This rank's share of the scans and the model, once the outputs are known to be writable."""
     from .bundle import load_bundle
     from .safety import ensure_writable
 
     ensure_writable(output_dir, folder=True)
-    cases = find_scans(input_dir, output_dir, pattern=pattern, recursive=recursive, preview=preview)
+    cases = find_scans(input_dir, output_dir, pattern=pattern, recursive=recursive, preview=preview, fmt=fmt)
+    check_extra(fmt)
     if not cases:
         raise MedsegError(f"{input_dir}: no scans found (patterns {pattern}; DICOM series folders)")
     check_outputs(cases, output_dir)  # writable, never over an input: before the model is even loaded
@@ -312,7 +334,8 @@ def _my_cases(ranks, input_dir, output_dir: Path, model, pattern: str, recursive
 
 def segment_folder(
     input_dir: str | Path, output_dir: str | Path, *, model=None, device="auto", pattern: str = "*.nii.gz,*.nii",
-    recursive: bool = False, preview: bool = False, on_cases: Callable[[int], None] | None = None, **options,
+    recursive: bool = False, preview: bool = False, on_cases: Callable[[int], None] | None = None, fmt: str = "nifti",
+    **options,
 ) -> tuple[list[dict], bool]:
     """``medseg batch``: find the scans of ``input_dir``, check the outputs, segment the scans
     (``options``: :func:`run_batch`'s) and write the summary. Returns every case's row (on rank 0;
@@ -321,13 +344,14 @@ def segment_folder(
     Under ``torchrun`` each rank segments every N-th case of the sorted list and rank 0 writes the
     summary of them all. A failure outside the cases (a folder one rank cannot write, rank 0's
     summary) stops every rank with that rank's message (:mod:`medseg.distributed`).
-    ``on_cases(n)`` is told how many cases this process goes through.
+    ``on_cases(n)`` is told how many cases this process goes through; ``fmt`` is the output format
+    (nifti, dicom-seg, rtstruct: :mod:`medseg.dicom_results`).
     """
     from .distributed import process_group
 
     output_dir = Path(output_dir)
     with process_group(device) as ranks:
-        mine, bundle = ranks.run(lambda: _my_cases(ranks, input_dir, output_dir, model, pattern, recursive, preview))
+        mine, bundle = ranks.run(lambda: _my_cases(ranks, input_dir, output_dir, model, pattern, recursive, preview, fmt))
         if on_cases is not None:
             on_cases(len(mine))
         result = ranks.run(lambda: run_batch(mine, bundle, device=ranks.device, **options))

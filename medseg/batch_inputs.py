@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .dicom import looks_like_dicom
+from .dicom_results import SUFFIXES, check_format, is_dicom_source
 from .errors import MedsegError
 from .naming import case_name
 from .safety import ensure_writable
@@ -31,6 +32,7 @@ class BatchCase:
     # set by find_scans / check_outputs: the case is not segmented, run_batch turns it into a row
     error: str | None = None  # -> "failed" (e.g. two inputs would write the same mask)
     skip_reason: str | None = None  # -> "skipped" (e.g. a dangling symbolic link)
+    format: str = "nifti"  # of the output: nifti, dicom-seg or rtstruct (medseg.dicom_results)
 
 
 def _is_dicom_folder(folder: Path) -> bool:
@@ -58,8 +60,9 @@ class _ScanFinder:
     """The walk of :func:`find_scans`: real entries first, then symbolic links, each real folder
     and scan taken once (``seen`` holds their ``(st_dev, st_ino)``)."""
 
-    def __init__(self, root: Path, out: Path, patterns: list[str], recursive: bool, preview: bool) -> None:
-        self.root, self.out, self.patterns = root, out, patterns
+    def __init__(self, root: Path, out: Path, patterns: list[str], recursive: bool, preview: bool,
+                 fmt: str = "nifti") -> None:
+        self.root, self.out, self.patterns, self.fmt = root, out, patterns, fmt
         self.recursive, self.preview = recursive, preview
         self.out_real, self.root_real = _real(out), _real(root)
         if self.out_real == self.root_real:
@@ -85,7 +88,10 @@ class _ScanFinder:
         stem = rel.name if is_dir else case_name(rel)
         folder = self.out / rel.parent
         preview = folder / f"{stem}.png" if self.preview else None
-        self.cases.append(BatchCase(rel.as_posix(), path, folder / f"{stem}.nii.gz", preview))
+        case = BatchCase(rel.as_posix(), path, folder / f"{stem}{SUFFIXES[self.fmt]}", preview, format=self.fmt)
+        if self.fmt != "nifti" and not is_dir and not is_dicom_source(path):
+            case.error = f"{path}: --format {self.fmt} needs a DICOM series; this scan is not DICOM (not segmented)"
+        self.cases.append(case)
 
     def skip(self, path: Path, reason: str) -> None:
         rel = path.relative_to(self.root)
@@ -157,12 +163,13 @@ class _ScanFinder:
 
 def find_scans(
     input_dir: str | Path, output_dir: str | Path, pattern: str = "*.nii.gz,*.nii", recursive: bool = False,
-    preview: bool = False,
+    preview: bool = False, fmt: str = "nifti",
 ) -> list[BatchCase]:
     """Cases of ``input_dir``: files matching ``pattern`` (comma-separated globs) and DICOM series
     folders (sub-folders holding DICOM files), each with its output path under ``output_dir``.
 
-    ``a/b.nii.gz`` -> ``OUT/a/b.nii.gz``; a DICOM folder ``a/series1/`` -> ``OUT/a/series1.nii.gz``.
+    ``a/b.nii.gz`` -> ``OUT/a/b.nii.gz``; a DICOM folder ``a/series1/`` -> ``OUT/a/series1.nii.gz``
+    (``.dcm`` with ``fmt`` dicom-seg or rtstruct, which fail the cases that are not DICOM).
     Hidden files and the output folder itself are skipped. Symbolic links are followed after
     every real entry, and each real folder and scan is taken once (a link to something already
     seen, such as a loop ``a/loop -> a``, is passed over); a dangling link becomes a "skipped"
@@ -174,7 +181,7 @@ def find_scans(
     if not root.is_dir():
         raise MedsegError(f"{root}: not a folder")
     patterns = [p.strip() for p in pattern.split(",") if p.strip()]
-    cases = _ScanFinder(root, Path(output_dir), patterns, recursive, preview).walk()
+    cases = _ScanFinder(root, Path(output_dir), patterns, recursive, preview, check_format(fmt)).walk()
     cases.sort(key=lambda c: c.name)
     _mark_collisions(cases)
     mark_outputs_over_inputs(cases)

@@ -45,23 +45,26 @@ app = typer.Typer(
 @friendly
 def segment(
     input: Path = typer.Argument(..., help="NIfTI/NRRD/MHA file or a folder holding a DICOM series."),
-    output: Path = typer.Option(..., "-o", "--output", help="Mask to write (.nii.gz)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Mask to write (.nii.gz; .dcm for the DICOM formats)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model bundle folder (default: the bundled model)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     series: Optional[str] = typer.Option(None, help="SeriesInstanceUID, when the folder holds several series."),
     modality: Optional[str] = typer.Option(None, help="CT or MR, for files that do not say (NIfTI)."),
     batch_size: int = typer.Option(8, min=1, help="Slices per forward pass."),
     reference: Optional[Path] = typer.Option(None, help="Ground-truth label map: print Dice per label."),
+    format: str = typer.Option("nifti", "--format", help="nifti, dicom-seg or rtstruct (the DICOM ones need a DICOM series)."),
 ) -> None:
-    """Segment one scan and write its label map in the scan's geometry."""
+    """Segment one scan and write its label map in the scan's geometry (NIfTI, DICOM SEG or RTSTRUCT)."""
+    from . import __version__
     from .bundle import default_bundle_path, load_bundle
+    from .dicom_results import check_result_path, save_result
     from .inference import Predictor, resolve_device
-    from .io import check_mask_name, load_scan, save_mask
+    from .io import load_scan
     from .metrics import label_volumes_ml
     from .safety import ensure_writable, refuse_overwriting_inputs
 
     # everything about the output is checked before any work: never over an input, writable
-    check_mask_name(output)
+    check_result_path(output, format, input)
     refuse_overwriting_inputs(output, [("scan", input), ("reference", reference)])
     # a mask beside a bundle's files is harmless; over one of them it is not
     refuse_overwriting_inputs(output, [("model", model if model is not None else default_bundle_path())], into_folders=False)
@@ -78,7 +81,8 @@ def segment(
             scan, on_warning=warn, progress=lambda done, total: bar.update(task, completed=done, total=total)
         )
     seconds = time.perf_counter() - t0
-    save_mask(labels, scan, output)
+    save_result(labels, scan, output, format, bundle.card.labels, model_name=bundle.card.name,
+                version=f"medseg {__version__}")
     err.print(
         f"{scan.source.name}: {scan.shape[0]}x{scan.shape[1]}x{scan.shape[2]} "
         f"({', '.join(f'{s:.2f}' for s in scan.spacing)} mm, {''.join(scan.axcodes)}) segmented in {seconds:.1f} s "
@@ -113,6 +117,7 @@ def batch(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     modality: Optional[str] = typer.Option(None, help="CT or MR, for files that do not say (NIfTI)."),
     batch_size: int = typer.Option(8, min=1, help="Slices per forward pass."),
+    format: str = typer.Option("nifti", "--format", help="nifti, dicom-seg or rtstruct (.dcm per DICOM series)."),
 ) -> None:
     """Segment every scan of a folder; resumable (existing masks are kept), failures isolated and listed."""
     from .batch import segment_folder
@@ -125,7 +130,7 @@ def batch(
         slices = bar.add_task("slices", total=None, visible=False)
         rows, any_failed = segment_folder(
             input_dir, output_dir, model=model, device=device, pattern=pattern, recursive=recursive, preview=preview,
-            overwrite=overwrite, modality=modality, batch_size=batch_size, on_warning=warn,
+            overwrite=overwrite, modality=modality, batch_size=batch_size, on_warning=warn, fmt=format,
             on_cases=lambda n: bar.update(overall, total=n),
             on_case_start=lambda case, n, total: bar.update(slices, description=case.name[-40:], completed=0,
                                                             total=None, visible=True),
@@ -179,6 +184,34 @@ def check_dataset(
         err.print(f"{summary}: {len(idx.problems)} problem(s)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     out.print(f"{summary}: OK", highlight=False)
+
+
+@app.command("import-dicom")
+@friendly
+def import_dicom(
+    src: Path = typer.Argument(..., help="Folder tree of DICOM studies: CT/MR series with their RTSTRUCT and/or SEG."),
+    dataset_dir: Path = typer.Argument(..., help="New (or empty) dataset folder: imagesTr/, labelsTr/, dataset.json."),
+    roi_map: Path = typer.Option(..., "--roi-map", help='JSON, label -> ROI names in label order: {"liver": ["liver", "liver_total"]}.'),
+    prefer: str = typer.Option("seg", "--prefer", help="seg or rtstruct: which label object a series with both uses."),
+) -> None:
+    """Turn DICOM studies with RTSTRUCT / SEG annotations into a dataset `train` reads, with a report of every series."""
+    from .dicom_import import REPORT, import_dicom as run_import, read_roi_map
+
+    mapping = read_roi_map(roi_map)
+    with progress_bar() as bar:
+        task = bar.add_task("series", total=None)
+        result = run_import(src, dataset_dir, mapping, prefer=prefer,
+                            progress=lambda what: bar.update(task, advance=1, description=what[-40:]))
+    for row in result.rows:
+        what = row.get("used") or row.get("notes") or ""
+        line = f"{row['status']:>10}  {row.get('case') or row['series_uid']}  {what}"
+        if row["status"] == "imported" and row.get("notes"):
+            line += f"  ({row['notes']})"
+        (err if row["status"] == "failed" else out).print(escape(line), highlight=False, soft_wrap=True)
+    counts = ", ".join(f"{result.count(s)} {s}" for s in ("imported", "skipped", "unlabelled", "failed"))
+    out.print(f"{dataset_dir}: {counts}; report {dataset_dir / REPORT}", highlight=False, soft_wrap=True)
+    if result.count("failed"):
+        raise typer.Exit(1)
 
 
 _TRAIN = TrainConfig()  # the one source of the train options' defaults

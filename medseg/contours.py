@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import MedsegError
+from .errors import MedsegError, need_extra
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 EPS = 1e-4  # in voxels: a centre this close to a contour lies on it
@@ -82,8 +82,7 @@ def contours_of(mask: np.ndarray, affine: np.ndarray, axis: int = 2) -> list[tup
     binary image (``skimage.measure.find_contours``), so they pass half-way between the voxels
     inside and outside: :func:`rasterise` gives the mask back, holes included (even-odd rule).
     """
-    from skimage.measure import find_contours
-
+    find_contours = need_extra("skimage.measure", "tracing contours (RTSTRUCT)").find_contours
     mask = np.asarray(mask, dtype=bool)
     inplane = [a for a in range(3) if a != axis]
     affine = np.asarray(affine, dtype=float)

@@ -229,12 +229,13 @@ def _choose_series(
     return next(iter(series.values()))
 
 
-def sort_and_check_slices(folder: Path, s: DicomSeries) -> tuple[list[Path], float | None]:
+def sort_and_check_slices(folder: Path, s: DicomSeries, *, regular: bool = True) -> tuple[list[Path], float | None]:
     """Order a series' slices along the slice normal and check the grid is regular.
 
     Returns the ordered files and the slice spacing (None for a single slice). Raises on
     unusable member files, mixed orientations, matrix sizes or pixel spacings, duplicate
-    positions and irregular spacing.
+    positions and irregular spacing (``regular=False`` allows irregular gaps along the normal,
+    for objects placed slice by slice such as RTSTRUCT and SEG; the spacing is then the median).
     """
     if s.problems:
         raise s.problem_error()
@@ -254,11 +255,14 @@ def sort_and_check_slices(folder: Path, s: DicomSeries) -> tuple[list[Path], flo
         if len(ordered) < 2:
             return [sl.path for sl in ordered], None
         gaps = np.diff(pos)
-        _check_gaps(folder, s, ordered, pos, gaps)
+        _check_gaps(folder, s, ordered, pos, gaps, regular)
         spacing = float(np.median(gaps))
         # In-plane offsets must not drift (a sheared stack is not a regular grid either).
-        step = (ordered[-1].position - ordered[0].position) / (len(ordered) - 1)
-        expected = ordered[0].position + np.outer(np.arange(len(ordered)), step)
+        if regular:
+            step, steps = (ordered[-1].position - ordered[0].position) / (len(ordered) - 1), np.arange(len(ordered))
+        else:  # each slice on the normal through the first one, wherever along it
+            step, steps = normal, pos - pos[0]
+        expected = ordered[0].position + np.outer(steps, step)
         off = np.abs(np.array([sl.position for sl in ordered]) - expected).max(axis=1)
     tol = max(0.01, 0.01 * spacing)
     worst = int(np.argmax(off))
@@ -289,7 +293,9 @@ def _check_same_plane(folder: Path, s: DicomSeries, first: _Slice, sl: _Slice) -
         )
 
 
-def _check_gaps(folder: Path, s: DicomSeries, ordered: list[_Slice], pos: np.ndarray, gaps: np.ndarray) -> None:
+def _check_gaps(
+    folder: Path, s: DicomSeries, ordered: list[_Slice], pos: np.ndarray, gaps: np.ndarray, regular: bool = True
+) -> None:
     """Refuse duplicate slice positions and irregular (or absurd) slice spacing."""
     dup = np.flatnonzero(gaps < 1e-3)
     if dup.size:
@@ -300,7 +306,7 @@ def _check_gaps(folder: Path, s: DicomSeries, ordered: list[_Slice], pos: np.nda
         )
     spacing = float(np.median(gaps))
     tol = max(0.01, 0.01 * spacing)
-    if not (np.isfinite(spacing) and np.all(np.abs(gaps - spacing) <= tol)):
+    if not np.isfinite(spacing) or (regular and not np.all(np.abs(gaps - spacing) <= tol)):
         lo, hi = int(np.argmin(gaps)), int(np.argmax(gaps))
         raise MedsegError(
             f"{folder}: irregular slice spacing in series {s.uid}: gaps from {gaps[lo]:.3f} mm "

@@ -239,16 +239,20 @@ def int_field(ds, keyword: str, default: int | None = None) -> int:
 
 @contextlib.contextmanager
 def quiet_pydicom():
-    """No pydicom warnings (invalid values in odd files) on stderr, neither warnings nor log lines."""
-    logger = logging.getLogger("pydicom")
-    was = logger.disabled
-    logger.disabled = True
+    """No pydicom (or highdicom) warnings (invalid values in odd files) on stderr, neither warnings nor log lines."""
+    loggers = [logging.getLogger(name) for name in ("pydicom", "highdicom")]
+    was = [(logger.disabled, logger.level) for logger in loggers]
+    for logger in loggers:
+        logger.disabled = True
+        logger.setLevel(logging.ERROR)  # highdicom logs from child loggers, which only the level reaches
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.disabled = was
+        for logger, (disabled, level) in zip(loggers, was):
+            logger.disabled = disabled
+            logger.setLevel(level)
 
 
 __all__ = [

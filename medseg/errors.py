@@ -14,3 +14,13 @@ class MedsegWarning(UserWarning):
 
     The CLI prints it as ``warning: ...`` on stderr; the napari widget shows it in its status.
     """
+
+
+def need_extra(module: str, feature: str, extra: str = "dicom"):
+    """Import an optional dependency, or raise a one-line error naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MedsegError(f"{feature} needs the optional package '{module}': pip install 'medseg[{extra}]'") from None
