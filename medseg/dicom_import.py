@@ -302,5 +302,40 @@ def _import_one(src, s: DicomSeries, objects, roi_map, names, prefer: str, stagi
         return {**row, "status": "failed", "notes": "; ".join([str(exc), *notes])}
 
 
-__all__ = ["ImportResult", "LabelObject", "choose", "find_label_objects", "import_dicom", "map_structures",
+@dataclass
+class SeriesLabels:
+    """A label object of a series as a label map on its grid: ROI name -> value (the object's order)."""
+
+    obj: LabelObject
+    names: dict[str, int]
+    labels: np.ndarray | None
+    notes: list[str]
+    error: str | None = None
+
+
+def labels_of_series(folder: str | os.PathLike, series_uid: str) -> list[SeriesLabels]:
+    """Every RTSTRUCT and SEG under ``folder`` that references series ``series_uid`` (by UID, else by
+    its frame of reference), read onto the series' grid (``[column, row, slice]``, normal order); an
+    object that cannot be read comes back with ``error`` set, the others still read."""
+    folder = Path(folder)
+    series, _, _ = _scan_folder(folder)
+    if series_uid not in series:
+        return []
+    paired, _ = pair({series_uid: series[series_uid]}, find_label_objects(folder),
+                     lambda uid: _frame_of(series[uid]))
+    out = []
+    grid = None
+    for obj in sorted(paired.get(series_uid, []), key=lambda o: (o.kind, str(o.path))):
+        try:
+            grid = grid or grid_of_series(folder, series[series_uid])
+            structures = (read_seg if obj.kind == "SEG" else read_rtstruct)(obj.path, grid)
+            names = {name: value for value, name in enumerate(structures.masks, start=1)}
+            labels, *_ = map_structures(structures, {name: [name] for name in names}, grid)
+            out.append(SeriesLabels(obj, names, labels, structures.notes))
+        except MedsegError as exc:
+            out.append(SeriesLabels(obj, {}, None, [], str(exc)))
+    return out
+
+
+__all__ = ["ImportResult", "LabelObject", "SeriesLabels", "choose", "labels_of_series", "find_label_objects", "import_dicom", "map_structures",
            "pair", "read_roi_map"]

@@ -74,6 +74,10 @@ def save_result(
     grid = read_grid(scan.source, scan.series_uid)
     if grid.shape != scan.shape or not np.allclose(grid.affine(), scan.affine, atol=1e-3):
         raise MedsegError(f"{scan.source}: the series on disk is not the grid that was segmented (changed since?)")
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedsegError(f"{path}: cannot create the output folder ({exc.strerror or exc})") from None
     structures, _ = split_ignore(label_names)
     names = {int(v): str(n) for n, v in structures.items() if int(v) != 0}
     if fmt == "dicom-seg":

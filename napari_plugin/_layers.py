@@ -11,6 +11,7 @@ from medseg.naming import case_name
 
 SCAN_KEY = "medseg_scan"  # layer.metadata key: the source Scan (geometry for saving masks)
 NAMES_KEY = "medseg_labels"  # layer.metadata key: label name -> value
+MODEL_KEY = "medseg_model"  # layer.metadata key: the name of the model that segmented it
 
 
 def scan_name(scan: Scan) -> str:
@@ -31,7 +32,7 @@ def image_layer(scan: Scan, name: str | None = None) -> tuple:
     return data, kwargs, "image"
 
 
-def labels_layer(labels: np.ndarray, scan: Scan, names: dict[str, int], name: str) -> tuple:
+def labels_layer(labels: np.ndarray, scan: Scan, names: dict[str, int], name: str, model: str | None = None) -> tuple:
     """A Labels layer tuple on the scan's grid: same world placement as its image layer."""
     from napari.utils.colormaps import DirectLabelColormap
 
@@ -44,7 +45,8 @@ def labels_layer(labels: np.ndarray, scan: Scan, names: dict[str, int], name: st
         "units": "mm",
         "colormap": DirectLabelColormap(color_dict=label_colours(names)),
         "features": {"index": values, "structure": [by_value.get(v, str(v)) for v in values]},
-        "metadata": {SCAN_KEY: scan, NAMES_KEY: dict(names), "source": str(scan.source)},
+        "metadata": {SCAN_KEY: scan, NAMES_KEY: dict(names), "source": str(scan.source),
+                     **({MODEL_KEY: model} if model else {})},
         "opacity": 0.5,
     }
     return np.ascontiguousarray(data), kwargs, "labels"

@@ -7,7 +7,7 @@ from pathlib import Path
 from medseg.dicom import looks_like_dicom
 from medseg.io import NIFTI_SUFFIXES, SITK_SUFFIXES, load_scan
 
-from ._layers import image_layer
+from ._layers import image_layer, labels_layer, scan_name
 
 # The scan files our manifest's reader claims (napari.yaml's filename_patterns).
 SCAN_PATTERNS = ("*.nii", "*.nii.gz", "*.nrrd", "*.nhdr", "*.mha", "*.mhd", "*.dcm", "*.dicom", "*.dic", "*.ima")
@@ -62,11 +62,37 @@ def get_reader(path):
 
 
 def read_scan(path) -> list[tuple]:
-    """Layer data for one scan: voxels in world position (affine), CT window, source Scan in metadata.
+    """Layer data for one scan: voxels in world position (affine), CT window, source Scan in metadata;
+    for a DICOM study folder, also a Labels layer per RTSTRUCT / SEG that references the series.
 
     Problems (mixed series, irregular slice spacing, corrupt files) raise medseg's one-line
-    error, which napari shows as a notification.
+    error, which napari shows as a notification; a label object that cannot be read is a warning.
     """
     if isinstance(path, (list, tuple)):
         path = path[0]
-    return [image_layer(load_scan(path))]
+    scan = load_scan(path)
+    layers = [image_layer(scan)]
+    if scan.series_uid is not None:
+        layers += structure_layers(scan)
+    return layers
+
+
+def structure_layers(scan) -> list[tuple]:
+    """A Labels layer per RTSTRUCT / SEG in the scan's DICOM folder that references its series."""
+    import warnings
+
+    from medseg.dicom_import import labels_of_series
+    from medseg.errors import MedsegWarning
+
+    layers = []
+    for found in labels_of_series(scan.source, scan.series_uid):
+        if found.error is not None:
+            warnings.warn(MedsegWarning(found.error), stacklevel=2)
+            continue
+        for note in found.notes:
+            warnings.warn(MedsegWarning(f"{found.obj.path}: {note}"), stacklevel=2)
+        name = f"{scan_name(scan)} {found.obj.kind} {found.obj.path.stem}"
+        data, kwargs, kind = labels_layer(found.labels, scan, {"background": 0, **found.names}, name)
+        kwargs["metadata"]["label_object"] = str(found.obj.path)
+        layers.append((data, kwargs, kind))
+    return layers

@@ -20,7 +20,7 @@ from medseg.errors import MedsegError
 
 from ._finetune import DEFAULT_STEPS, after_cancel, fine_tune_job
 from ._jobs import DEFAULT_MODEL, _background
-from ._layers import NAMES_KEY
+from ._layers import MODEL_KEY, NAMES_KEY
 from ._writer import labels_in_scan_order
 
 
@@ -51,6 +51,49 @@ class TuningMixin:
         show_info(f"saved {out}")
         self.status.setText(f"saved {out}")
         return out
+
+    def save_dicom(self, path: str | Path, fmt: str, layer: Labels | None = None) -> Path | None:
+        """Write the corrected mask (or ``layer``) as a DICOM SEG (``fmt`` "dicom-seg") or an RTSTRUCT
+        ("rtstruct") that references the scan's DICOM series; an error for a scan that is not DICOM."""
+        from medseg import __version__
+        from medseg.dicom_results import check_result_path, save_result
+
+        try:
+            layer = layer or self._labels_layer()
+            labels, scan = labels_in_scan_order(layer.data, layer.metadata, layer.name)
+            if scan.series_uid is None:
+                raise MedsegError(f"{scan.source}: not a DICOM series; DICOM SEG and RTSTRUCT reference one "
+                                  "(save the mask as NIfTI instead)")
+            check_result_path(path, fmt, scan.source)
+            names = layer.metadata.get(NAMES_KEY) or {}
+            out = save_result(labels, scan, path, fmt, names, model_name=layer.metadata.get(MODEL_KEY, "medseg"),
+                              version=f"medseg {__version__}")
+            self.autosave.forget(layer)  # safe in the user's own file now
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return None
+        show_info(f"saved {out}")
+        self.status.setText(f"saved {out}")
+        return out
+
+    def _save_row(self):
+        """Save mask… (NIfTI), Save as DICOM SEG…, Save as RTSTRUCT…"""
+        from qtpy.QtWidgets import QHBoxLayout, QPushButton
+
+        self.save_seg_button = QPushButton("Save as DICOM SEG…")
+        self.save_seg_button.clicked.connect(lambda: self._save_dicom_dialog("dicom-seg"))
+        self.save_rt_button = QPushButton("Save as RTSTRUCT…")
+        self.save_rt_button.clicked.connect(lambda: self._save_dicom_dialog("rtstruct"))
+        row = QHBoxLayout()
+        for button in (self.save_button, self.save_seg_button, self.save_rt_button):
+            row.addWidget(button)
+        return row
+
+    def _save_dicom_dialog(self, fmt: str):
+        title = "Save as DICOM SEG" if fmt == "dicom-seg" else "Save as RTSTRUCT"
+        path, _ = QFileDialog.getSaveFileName(self, title, "", "DICOM (*.dcm)")
+        if path:
+            self.save_dicom(path if path.lower().endswith(".dcm") else f"{path}.dcm", fmt)
 
     def add_to_training_set(self, folder: str | Path, layer: Labels | None = None):
         """Append the scan and its corrected mask to a dataset folder (nnU-Net layout).

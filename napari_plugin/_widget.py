@@ -170,7 +170,7 @@ class SegmentWidget(TuningMixin, CorrectionLoopMixin, QWidget):
         paint.addRow("paint label", self.label_box)
         layout.addLayout(paint)
         layout.addLayout(self._loop_controls())
-        layout.addWidget(self.save_button)
+        layout.addLayout(self._save_row())
         layout.addWidget(self.add_button)
         tune_row = QHBoxLayout()
         tune_row.addWidget(QLabel("epochs"))
@@ -409,11 +409,11 @@ class SegmentWidget(TuningMixin, CorrectionLoopMixin, QWidget):
         kept = self._keep_corrections(pred_name, corr_name)
         if pred_name in self.viewer.layers:
             self.viewer.layers.remove(pred_name)
-        data, kwargs, _ = labels_layer(labels, scan, names, pred_name)
+        data, kwargs, _ = labels_layer(labels, scan, names, pred_name, model_name)
         self.prediction = self.viewer.add_labels(data, **kwargs)
         self.prediction.editable = False
         self.prediction.visible = False
-        data, kwargs, _ = labels_layer(labels, scan, names, corr_name)
+        data, kwargs, _ = labels_layer(labels, scan, names, corr_name, model_name)
         self.corrected = self.viewer.add_labels(data.copy(), **kwargs)
         self.viewer.layers.selection.active = self.corrected
         self.label_box.blockSignals(True)

@@ -183,3 +183,22 @@ def test_dicom_format_on_a_nifti_is_a_clear_error(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "phantom_ct.nii.gz: --format dicom-seg writes DICOM that references the source series" in r.stderr
     assert not (tmp_path / "out.dcm").exists()
+
+
+def test_batch_format_dicom_seg_writes_per_series_and_fails_nifti_cases(tmp_path):
+    from medseg.phantom import make_phantom, write_nifti
+
+    src = tmp_path / "in"
+    phantom_series(src / "s1", seed=31)
+    write_nifti(make_phantom(32, shape=(48, 48, 16)), src / "n1.nii.gz")
+    r = _cli("batch", src, tmp_path / "out", "--format", "dicom-seg")
+    assert r.returncode == 1, r.stderr  # the NIfTI case failed, the DICOM one is done
+    with open(tmp_path / "out" / "summary.csv", newline="") as fh:
+        rows = {row["case"]: row for row in csv.DictReader(fh)}
+    assert rows["s1"]["status"] == "done" and rows["s1"]["output"].endswith("s1.dcm")
+    assert rows["n1.nii.gz"]["status"] == "failed" and "needs a DICOM series" in rows["n1.nii.gz"]["error"]
+    assert pydicom.dcmread(tmp_path / "out" / "s1.dcm").Modality == "SEG"
+    assert not (tmp_path / "out" / "n1.dcm").exists()
+    r = _cli("batch", src, tmp_path / "out", "--format", "dicom-seg")  # resumes: the SEG is kept
+    with open(tmp_path / "out" / "summary.csv", newline="") as fh:
+        assert {row["case"]: row for row in csv.DictReader(fh)}["s1"]["status"] == "skipped"
