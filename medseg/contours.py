@@ -92,12 +92,22 @@ def contours_of(mask: np.ndarray, affine: np.ndarray, axis: int = 2) -> list[tup
         for line in find_contours(plane, 0.5):
             if len(line) > 1 and np.allclose(line[0], line[-1]):
                 line = line[:-1]
+            line = _corners(line)
             vox = np.zeros((len(line), 3))
             vox[:, axis] = k
             vox[:, inplane[0]], vox[:, inplane[1]] = line[:, 0] - 1, line[:, 1] - 1
             ras = vox @ affine[:3, :3].T + affine[:3, 3]
             out.append((int(k), ras @ LPS_TO_RAS.T))
     return out
+
+
+def _corners(line: np.ndarray) -> np.ndarray:
+    """A closed polyline without the vertices that lie on a straight run (the same outline, far fewer points)."""
+    if len(line) < 4:
+        return line
+    before, after = line - np.roll(line, 1, axis=0), np.roll(line, -1, axis=0) - line
+    turn = np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9
+    return line[turn] if turn.sum() >= 3 else line
 
 
 def _plane(volume: np.ndarray, axis: int, k: int) -> np.ndarray:
@@ -118,42 +128,66 @@ def _slice_of(vox: np.ndarray, axis: int, shape, tolerance: float, name: str, po
     return k
 
 
-def _crossings(rows: np.ndarray, cols: np.ndarray, r: float) -> np.ndarray:
-    """Column positions where the closed polygon crosses row ``r`` (half-open rule: vertices counted once)."""
-    r0, r1 = rows, np.roll(rows, -1)
-    c0, c1 = cols, np.roll(cols, -1)
-    hit = (r0 <= r) != (r1 <= r)
-    t = (r - r0[hit]) / (r1[hit] - r0[hit])
-    return np.sort(c0[hit] + t * (c1[hit] - c0[hit]))
+def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ranges ``lo[e]..hi[e]`` (inclusive integers; empty when hi < lo): (range index, value) of every member."""
+    counts = np.maximum(hi - lo + 1, 0)
+    which = np.repeat(np.arange(len(lo)), counts)
+    starts = np.cumsum(counts) - counts
+    return which, lo[which] + (np.arange(int(counts.sum())) - starts[which])
 
 
 def _strict_interior(rows: np.ndarray, cols: np.ndarray, plane: tuple[int, int]) -> np.ndarray:
-    """Voxel centres strictly inside one closed polygon (even-odd)."""
+    """Voxel centres strictly inside one closed polygon (even-odd), by scanlines through the centre rows.
+
+    Every edge gives its crossings with the centre rows it spans (half-open rule: a vertex on a row
+    is counted once), so each row has an even number of crossings; sorted, they pair up into runs."""
     out = np.zeros(plane, dtype=bool)
-    lo, hi = max(int(np.ceil(rows.min())), 0), min(int(np.floor(rows.max())), plane[0] - 1)
-    for r in range(lo, hi + 1):
-        xs = _crossings(rows, cols, float(r))
-        for a, b in zip(xs[0::2], xs[1::2]):
-            first, last = max(int(np.ceil(a + EPS)), 0), min(int(np.floor(b - EPS)), plane[1] - 1)
-            if first <= last:
-                out[r, first : last + 1] ^= True
+    r0, r1 = rows, np.concatenate([rows[1:], rows[:1]])
+    c0, c1 = cols, np.concatenate([cols[1:], cols[:1]])
+    lo = np.ceil(np.minimum(r0, r1)).astype(np.int64)  # rows r with min <= r < max: (r0 <= r) != (r1 <= r)
+    hi = np.ceil(np.maximum(r0, r1)).astype(np.int64) - 1
+    edge, r = _expand(lo, hi)
+    if not len(r):
+        return out
+    t = (r - r0[edge]) / (r1[edge] - r0[edge])
+    x = c0[edge] + t * (c1[edge] - c0[edge])
+    order = np.lexsort((x, r))
+    r, x = r[order], x[order]
+    a, b, row = x[0::2], x[1::2], r[0::2]
+    first = np.maximum(np.ceil(a + EPS), 0).astype(np.int64)
+    last = np.minimum(np.floor(b - EPS), plane[1] - 1).astype(np.int64)
+    keep = (first <= last) & (row >= 0) & (row < plane[0])
+    run, col = _expand(first[keep], last[keep])
+    out[row[keep][run], col] = True
     return out
 
 
 def _mark_boundary(rows: np.ndarray, cols: np.ndarray, plane: tuple[int, int], out: np.ndarray) -> None:
     """Set the voxel centres that lie on the polygon's edges."""
-    for r0, c0, r1, c1 in zip(rows, cols, np.roll(rows, -1), np.roll(cols, -1)):
-        if abs(r1 - r0) < EPS:  # along a row: every centre between the ends, if the row is a centre row
-            r = int(round(r0))
-            if abs(r0 - r) < EPS and 0 <= r < plane[0]:
-                first, last = max(int(np.ceil(min(c0, c1) - EPS)), 0), min(int(np.floor(max(c0, c1) + EPS)), plane[1] - 1)
-                out[r, first : last + 1] = True
-            continue
-        for r in range(max(int(np.ceil(min(r0, r1) - EPS)), 0), min(int(np.floor(max(r0, r1) + EPS)), plane[0] - 1) + 1):
-            c = c0 + (r - r0) * (c1 - c0) / (r1 - r0)
-            cc = int(round(c))
-            if abs(c - cc) < EPS and 0 <= cc < plane[1]:
-                out[r, cc] = True
+    r0, r1 = rows, np.concatenate([rows[1:], rows[:1]])
+    c0, c1 = cols, np.concatenate([cols[1:], cols[:1]])
+    flat = np.abs(r1 - r0) < EPS
+    # edges along a row: every centre between the ends, when the row is a centre row
+    rr = np.round(r0[flat])
+    on = np.abs(r0[flat] - rr) < EPS
+    lo = np.ceil(np.minimum(c0, c1)[flat][on] - EPS).astype(np.int64)
+    hi = np.floor(np.maximum(c0, c1)[flat][on] + EPS).astype(np.int64)
+    which, cc = _expand(lo, hi)
+    _set(out, rr[on][which].astype(np.int64), cc, plane)
+    # other edges: the centre rows they span, where the edge passes through a centre
+    s = ~flat
+    lo = np.ceil(np.minimum(r0, r1)[s] - EPS).astype(np.int64)
+    hi = np.floor(np.maximum(r0, r1)[s] + EPS).astype(np.int64)
+    which, r = _expand(lo, hi)
+    c = c0[s][which] + (r - r0[s][which]) * (c1[s] - c0[s])[which] / (r1[s] - r0[s])[which]
+    cc = np.round(c)
+    hit = np.abs(c - cc) < EPS
+    _set(out, r[hit], cc[hit].astype(np.int64), plane)
+
+
+def _set(out: np.ndarray, r: np.ndarray, c: np.ndarray, plane: tuple[int, int]) -> None:
+    ok = (r >= 0) & (r < plane[0]) & (c >= 0) & (c < plane[1])
+    out[r[ok], c[ok]] = True
 
 
 __all__ = ["contours_of", "rasterise", "to_voxels"]

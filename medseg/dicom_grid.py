@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +50,17 @@ class SliceGrid:
     def shape(self) -> tuple[int, int, int]:
         return (self.columns, self.rows, len(self.files))
 
-    @property
+    @cached_property
     def normal(self) -> np.ndarray:
         n = np.cross(self.orientation[:3], self.orientation[3:])
         return n / np.linalg.norm(n)
 
     def along(self) -> np.ndarray:
         """Each slice's position along the normal (mm)."""
+        return self._along
+
+    @cached_property
+    def _along(self) -> np.ndarray:
         return self.positions @ self.normal
 
     @property
@@ -129,6 +134,7 @@ def grid_of_series(folder: Path, chosen) -> SliceGrid:
                 headers.append(dcmread(f, stop_before_pixels=True))
             except Exception as exc:
                 raise MedsegError(f"{f}: not a readable DICOM file ({reason(exc)})") from None
+    _complete_headers(headers, chosen.uid)
     first = by_path[files[0]]
     return SliceGrid(
         folder=folder,
@@ -141,6 +147,28 @@ def grid_of_series(folder: Path, chosen) -> SliceGrid:
         headers=headers,
         series_uid=chosen.uid,
     )
+
+
+def _complete_headers(headers: list, series_uid: str) -> None:
+    """Fill, in these in-memory copies, the identifiers a derived object must reference but that
+    anonymisers blank: SOP class and instance UIDs (from the file meta), and the study and series
+    UIDs (one made-up UID, the same for every slice)."""
+    from pydicom.uid import generate_uid
+
+    study = None
+    for h in headers:
+        meta = getattr(h, "file_meta", None) or {}
+        for keyword, fallback in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not str(h.get(keyword, "") or "").strip() and str(meta.get(fallback, "") or "").strip():
+                setattr(h, keyword, meta[fallback].value)
+        if not str(h.get("StudyInstanceUID", "") or "").strip():
+            study = study or generate_uid(entropy_srcs=["medseg-study", series_uid])
+            h.StudyInstanceUID = study
+        if not str(h.get("SeriesInstanceUID", "") or "").strip():
+            h.SeriesInstanceUID = generate_uid(entropy_srcs=["medseg-series", series_uid])
+        if not str(h.get("SOPInstanceUID", "") or "").strip():
+            raise MedsegError(f"{h.filename}: no SOPInstanceUID (nor MediaStorageSOPInstanceUID): a DICOM SEG or "
+                              "RTSTRUCT cannot reference this slice")
 
 
 __all__ = ["SliceGrid", "grid_of_series", "read_grid"]

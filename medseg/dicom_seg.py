@@ -94,7 +94,7 @@ def write_seg(
                 software_versions=version, device_serial_number="0",
                 series_description=(description or f"{algorithm} segmentation")[:64], omit_empty_frames=True,
             )
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise MedsegError(f"{path}: cannot build the DICOM SEG from series {grid.series_uid} ({reason(exc)})") from None
     return atomic_write(path, lambda tmp: seg.save_as(tmp), suffix=".dcm")
 

@@ -28,6 +28,7 @@ from .io import atomic_write
 from .scan import reason
 
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+CONTOUR_DATA = 0x30060050
 STUDY_COMPONENT = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management, referenced by RT studies
 PALETTE = [(220, 20, 60), (46, 139, 87), (65, 105, 225), (255, 165, 0), (148, 0, 211), (0, 206, 209),
            (255, 215, 0), (139, 69, 19), (255, 105, 180), (112, 128, 144)]
@@ -96,7 +97,7 @@ def _roi_mask(path: Path, name: str, roi, grid: SliceGrid, notes: list[str]) -> 
     kinds: set[str] = set()
     for contour in roi.get("ContourSequence", []):
         kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
-        data = np.asarray(contour.get("ContourData", []), dtype=float)
+        data = _numbers(contour)
         if kind != "CLOSED_PLANAR" or data.size < 9:
             kinds.add(kind if kind != "CLOSED_PLANAR" else "degenerate")
             continue
@@ -111,6 +112,23 @@ def _roi_mask(path: Path, name: str, roi, grid: SliceGrid, notes: list[str]) -> 
         plane = rasterise(contours, grid.slice_affine(k), (grid.columns, grid.rows, 1), axis=2, name=f"{path}: {name}")
         mask[:, :, k] = plane[:, :, 0]
     return mask
+
+
+def _numbers(contour) -> np.ndarray:
+    """ContourData as floats, parsed from the raw bytes when pydicom has not converted them yet
+    (converting hundreds of thousands of DS values one by one takes seconds)."""
+    from pydicom.dataelem import RawDataElement
+
+    if "ContourData" not in contour:
+        return np.zeros(0)
+    raw = contour.get_item("ContourData")
+    if isinstance(raw, RawDataElement) and raw.value is not None:
+        text = raw.value.decode("ascii", "replace").strip(" \x00")
+        try:
+            return np.array(text.split("\\"), dtype=float) if text else np.zeros(0)
+        except ValueError:
+            pass  # let pydicom say what is wrong with it
+    return np.asarray(contour.ContourData, dtype=float)
 
 
 def _contour_slice(path: Path, name: str, points: np.ndarray, grid: SliceGrid) -> int:
@@ -204,6 +222,15 @@ def _frame_reference(grid: SliceGrid):
     return frame
 
 
+def _ds_element(points: np.ndarray):
+    """ContourData as a raw element (bytes as they are written): pydicom's per-value DS objects are slow."""
+    from pydicom.dataelem import RawDataElement
+
+    text = "\\".join(f"{v:.4f}".rstrip("0").rstrip(".") or "0" for v in points.ravel())
+    data = (text + " " * (len(text) % 2)).encode("ascii")
+    return RawDataElement(CONTOUR_DATA, "DS", len(data), data, 0, False, True)
+
+
 def _add_roi(ds, grid: SliceGrid, mask: np.ndarray, number: int, name: str) -> None:
     from pydicom.dataset import Dataset
 
@@ -221,7 +248,7 @@ def _add_roi(ds, grid: SliceGrid, mask: np.ndarray, number: int, name: str) -> N
             c.ContourImageSequence = [_image_ref(grid.headers[int(k)])]
             c.ContourGeometricType = "CLOSED_PLANAR"
             c.NumberOfContourPoints = len(points)
-            c.ContourData = [f"{v:.4f}".rstrip("0").rstrip(".") or "0" for v in points.ravel()]
+            c[CONTOUR_DATA] = _ds_element(points)
             contours.ContourSequence.append(c)
     ds.ROIContourSequence.append(contours)
     obs = Dataset()

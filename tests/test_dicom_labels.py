@@ -170,3 +170,38 @@ def test_property_codes():
     assert property_codes("Kidney_Left")[1] == ("18639004", "Left kidney")
     assert property_codes("liver lesion 2")[1][1] == "Neoplasm"
     assert property_codes("whatever")[0] == ("85756007", "Tissue")
+
+
+def test_real_ct_body_with_air_holes_round_trips(shared_data, tmp_path):
+    """A real 512x512 CT: the body (HU > -300) with its gas pockets as holes, through SEG and RTSTRUCT."""
+    from medseg.io import load_scan
+
+    src = shared_data / "real_ct_dicom"
+    scan, grid = load_scan(src), read_grid(src)  # its SOP, study UIDs are blanked: the grid fills them in
+    assert grid.shape == scan.shape and np.allclose(grid.affine(), scan.affine)
+    body = scan.array > -300
+    labels = body.astype(np.uint8)
+    labels[scan.array > 300] = 2  # bone inside the body
+    names = {1: "body", 2: "bone"}
+    write_seg(labels, names, grid, tmp_path / "seg.dcm")
+    write_rtstruct(labels, names, grid, tmp_path / "rt.dcm")
+    for back in (read_seg(tmp_path / "seg.dcm", grid), read_rtstruct(tmp_path / "rt.dcm", grid)):
+        for value, name in names.items():
+            np.testing.assert_array_equal(back.masks[name], labels == value, err_msg=name)
+
+
+def test_real_irregular_series_places_objects_on_each_slices_position(shared_data, tmp_path):
+    """Four real slices at -99.48, 103.02, 104.27, 105.52 mm: nothing averages their spacing."""
+    grid = read_grid(shared_data / "irregular_ct_dicom")
+    assert not grid.regular and grid.shape == (16, 16, 4)
+    labels = np.zeros(grid.shape, np.uint8)
+    labels[3:9, 4:12, 0] = 1
+    labels[5:14, 2:7, 2:] = 1
+    labels[8:10, 3:5, 3] = 0  # a hole
+    write_seg(labels, {1: "lesion"}, grid, tmp_path / "seg.dcm")
+    write_rtstruct(labels, {1: "lesion"}, grid, tmp_path / "rt.dcm")
+    for back in (read_seg(tmp_path / "seg.dcm", grid), read_rtstruct(tmp_path / "rt.dcm", grid)):
+        np.testing.assert_array_equal(back.masks["lesion"], labels == 1)
+    z = {round(float(v), 2) for c in pydicom.dcmread(tmp_path / "rt.dcm").ROIContourSequence[0].ContourSequence
+         for v in np.asarray(c.ContourData, float).reshape(-1, 3)[:, 2]}
+    assert z == {-99.48, 104.27, 105.52}
