@@ -203,10 +203,13 @@ def import_dicom(
         result = run_import(src, dataset_dir, mapping, prefer=prefer,
                             progress=lambda what: bar.update(task, advance=1, description=what[-40:]))
     for row in result.rows:
-        what = row.get("used") or row.get("notes") or ""
-        line = f"{row['status']:>10}  {row.get('case') or row['series_uid']}  {what}"
-        if row["status"] == "imported" and row.get("notes"):
-            line += f"  ({row['notes']})"
+        where = row.get("label_object") if not row.get("patient_id") and row.get("label_object") else f"series {row['series_uid']}"
+        if row["status"] == "imported":
+            line = f"imported: {row['case']} ({row['used']}{'; ' + row['notes'] if row.get('notes') else ''})"
+        elif row.get("folder") and str(row.get("notes", "")).startswith(row["folder"]):
+            line = f"{row['status']}: {row['notes']}"  # the message names the series' folder already
+        else:
+            line = f"{row['status']}: {where}: {row.get('notes', '')}"
         (err if row["status"] == "failed" else out).print(escape(line), highlight=False, soft_wrap=True)
     counts = ", ".join(f"{result.count(s)} {s}" for s in ("imported", "skipped", "unlabelled", "failed"))
     out.print(f"{dataset_dir}: {counts}; report {dataset_dir / REPORT}", highlight=False, soft_wrap=True)

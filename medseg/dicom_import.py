@@ -38,7 +38,7 @@ from .rtstruct import Structures, read_rtstruct
 
 KINDS = ("SEG", "RTSTRUCT")
 REPORT = "import_report.csv"
-COLUMNS = ("series_uid", "patient_id", "modality", "description", "slices", "status", "case", "label_object",
+COLUMNS = ("series_uid", "patient_id", "modality", "description", "folder", "slices", "status", "case", "label_object",
            "kind", "used", "missing", "unmatched", "notes")
 
 
@@ -212,7 +212,7 @@ def import_dicom(
         for uid, s in sorted(series.items(), key=lambda kv: str(kv[1].slices[0].path if kv[1].slices else kv[0])):
             if progress:
                 progress(s.summary())
-            result.rows.append(_import_one(src, s, paired.get(uid, []), roi_map, names, prefer, staging))
+            result.rows.append(_import_one(s, paired.get(uid, []), roi_map, names, prefer, staging))
         result.rows += [_object_row(obj, "failed", why) for obj, why in lost]
         result.rows += [dict(series_uid=uid, status="failed", notes=f.problem_error().args[0]) for uid, f in flat.items()]
         if not result.count("imported"):
@@ -266,8 +266,10 @@ def _series_row(s: DicomSeries) -> dict:
     if s.slices:
         with quiet_pydicom():
             patient = str(dcmread(s.slices[0].path, stop_before_pixels=True).get("PatientID", "") or "")
+    members = [sl.path for sl in s.slices] + [p for p, _ in s.problems]
+    folder = os.path.commonpath([str(p.parent) for p in members]) if members else ""
     return dict(series_uid=s.uid, patient_id=patient, modality=s.modality, description=s.description,
-                slices=len(s.slices) + len(s.problems))
+                folder=folder, slices=len(members))
 
 
 def _object_row(obj: LabelObject, status: str, notes: str) -> dict:
@@ -275,7 +277,7 @@ def _object_row(obj: LabelObject, status: str, notes: str) -> dict:
                 kind=obj.kind, notes=notes)
 
 
-def _import_one(src, s: DicomSeries, objects, roi_map, names, prefer: str, staging: Path) -> dict:
+def _import_one(s: DicomSeries, objects, roi_map, names, prefer: str, staging: Path) -> dict:
     row = _series_row(s)
     if not objects:
         return {**row, "status": "unlabelled", "notes": "no SEG or RTSTRUCT references this series"}
@@ -283,11 +285,12 @@ def _import_one(src, s: DicomSeries, objects, roi_map, names, prefer: str, stagi
     row.update(label_object=str(obj.path), kind=obj.kind)
     if s.modality not in ("CT", "MR"):
         return {**row, "status": "skipped", "notes": f"modality {s.modality or 'missing'}: CT or MR only"}
+    folder = Path(row["folder"])
     try:
-        scan = _read_series(src, s)
-        grid = grid_of_series(src, s)
+        scan = _read_series(folder, s)
+        grid = grid_of_series(folder, s)
         if grid.shape != scan.shape or not np.allclose(grid.affine(), scan.affine, atol=1e-3):
-            raise MedsegError(f"{src}: series {s.uid}: the slice grid and the decoded volume disagree")
+            raise MedsegError(f"{folder}: series {s.uid}: the slice grid and the decoded volume disagree")
         structures = (read_seg if obj.kind == "SEG" else read_rtstruct)(obj.path, grid)
         labels, used, missing, unmatched = map_structures(structures, roi_map, grid)
         row.update(used="; ".join(f"{lab}<-{'+'.join(rois)}" for lab, rois in used.items()),
