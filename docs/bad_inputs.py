@@ -50,6 +50,46 @@ def _nifti(root: Path, name: str, data: np.ndarray, affine=None, **header) -> Pa
     return path
 
 
+def _dicom_objects(root: Path, clean: Path, out: Path) -> list[tuple[str, list[str]]]:
+    """RTSTRUCT / SEG in and out: DICOM formats on a NIfTI, broken ROI maps, contours on no slice,
+    another frame of reference, ROI names that match nothing."""
+    from medseg.dicom_grid import read_grid
+    from medseg.rtstruct import write_rtstruct
+
+    rows = [("--format dicom-seg on a NIfTI", ["segment", clean, "-o", out / "m.dcm", "--format", "dicom-seg"])]
+    studies = root / "studies"
+    files = write_dicom_series(make_phantom(8, shape=(40, 36, 10)), studies / "P1" / "CT")
+    grid = read_grid(studies / "P1" / "CT")
+    labels = np.zeros(grid.shape, np.uint8)
+    labels[10:20, 10:20, 3:7] = 1
+    write_rtstruct(labels, {1: "Liver"}, grid, studies / "P1" / "rt.dcm")
+    roi_map = root / "roi_map.json"
+    roi_map.write_text(json.dumps({"liver": ["liver"]}))
+    (root / "bad_map.json").write_text('{"liver": "liver", "spleen": ["Liver"]}')
+    rows.append(("import-dicom: one ROI name under two labels",
+                 ["import-dicom", studies, root / "ds_bad_map", "--roi-map", root / "bad_map.json"]))
+    (root / "other_map.json").write_text(json.dumps({"heart": ["heart"]}))
+    rows.append(("import-dicom: no ROI matches the map",
+                 ["import-dicom", studies, root / "ds_none", "--roi-map", root / "other_map.json"]))
+    off = root / "off_slice"
+    shutil.copytree(studies, off)
+    ds = pydicom.dcmread(str(off / "P1" / "rt.dcm"))
+    contour = ds.ROIContourSequence[0].ContourSequence[0]
+    pts = np.asarray(contour.ContourData, float).reshape(-1, 3)
+    pts[:, 2] += 0.5 * grid.gap(0)
+    contour.ContourData = [f"{v:.3f}" for v in pts.ravel()]
+    ds.save_as(str(off / "P1" / "rt.dcm"))
+    rows.append(("RTSTRUCT: a contour between two slices", ["import-dicom", off, root / "ds_off", "--roi-map", roi_map]))
+    other = root / "other_frame"
+    shutil.copytree(studies, other)
+    ds = pydicom.dcmread(str(other / "P1" / "rt.dcm"))
+    ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = "1.2.3.4"
+    ds.save_as(str(other / "P1" / "rt.dcm"))
+    rows.append(("RTSTRUCT: another frame of reference", ["import-dicom", other, root / "ds_for", "--roi-map", roi_map]))
+    assert files
+    return rows
+
+
 def build(root: Path) -> list[tuple[str, list[str]]]:
     """(input class, medseg arguments) rows; fixtures are written under ``root``."""
     rows: list[tuple[str, list[str]]] = []
@@ -134,6 +174,8 @@ def build(root: Path) -> list[tuple[str, list[str]]]:
     ds = make_dataset(root / "ds", [1, 2, 3], shape=(32, 32, 6))
     rows.append(("phantom into an existing dataset", ["phantom", ds, "--seeds", "4"]))
     rows.append(("phantom --seeds 5-1", ["phantom", root / "new_ds", "--seeds", "5-1"]))
+
+    rows += _dicom_objects(root, clean, out)
 
     # batch
     tree = root / "batch_in"

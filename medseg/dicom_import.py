@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from .curation import add_case
+from .data import read_dataset_json, write_dataset_json
 from .dicom import DicomSeries, _folder_files, _read_series, _scan_folder
 from .dicom_files import quiet_pydicom
 from .dicom_grid import SliceGrid, grid_of_series
@@ -214,9 +215,16 @@ def import_dicom(
                 progress(s.summary())
             result.rows.append(_import_one(s, paired.get(uid, []), roi_map, names, prefer, staging))
         result.rows += [_object_row(obj, "failed", why) for obj, why in lost]
-        result.rows += [dict(series_uid=uid, status="failed", notes=f.problem_error().args[0]) for uid, f in flat.items()]
+        result.rows += [dict(series_uid=uid, status="skipped", notes=f"not a volume: {f.problem_error().args[0]}")
+                        for uid, f in flat.items()]
         if not result.count("imported"):
-            raise MedsegError(f"{src}: no series could be imported ({_tally(result)}); nothing written")
+            first = next((r for r in result.rows if r["status"] in ("failed", "skipped")), None)
+            why = f"; the first: {first['notes']}" if first else ""
+            raise MedsegError(f"{src}: no series could be imported ({_tally(result)}){why}; nothing written")
+        meta = read_dataset_json(staging / "dataset.json")
+        meta["name"] = dataset_dir.name  # not the staging folder's
+        meta["description"] = f"imported from DICOM by medseg import-dicom ({src.name})"
+        write_dataset_json(staging, meta)
         write_csv(staging / REPORT, result.rows, COLUMNS)
         if dataset_dir.exists():
             dataset_dir.rmdir()  # empty, checked above

@@ -28,11 +28,13 @@ from .io import atomic_write
 from .scan import reason
 
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+TYPE_2 = {"PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
+          "AccessionNumber", "ReferringPhysicianName"}
 CONTOUR_DATA = 0x30060050
 STUDY_COMPONENT = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management, referenced by RT studies
 PALETTE = [(220, 20, 60), (46, 139, 87), (65, 105, 225), (255, 165, 0), (148, 0, 211), (0, 206, 209),
            (255, 215, 0), (139, 69, 19), (255, 105, 180), (112, 128, 144)]
-PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+PATIENT_STUDY = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
                  "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
                  "FrameOfReferenceUID")
 
@@ -60,12 +62,16 @@ def read_rtstruct(path: str | os.PathLike, grid: SliceGrid) -> Structures:
     names = {int(r.ROINumber): str(r.get("ROIName", "") or f"ROI {r.ROINumber}").strip()
              for r in ds.get("StructureSetROISequence", [])}
     _check_frame(path, ds, grid)
+    elsewhere = _other_frames(ds, grid)
     out = Structures({})
     seen: set[int] = set()
     for roi in ds.get("ROIContourSequence", []):
         number = int(roi.get("ReferencedROINumber", -1))
         name = names.get(number, f"ROI {number}")
         seen.add(number)
+        if number in elsewhere:
+            out.notes.append(f"{name}: skipped, drawn on another frame of reference ({elsewhere[number]})")
+            continue
         mask = _roi_mask(path, name, roi, grid, out.notes)
         if mask is not None:
             if name in out.masks:
@@ -82,13 +88,23 @@ def _check_frame(path: Path, ds, grid: SliceGrid) -> None:
     """The structure set must be drawn on the series' frame of reference."""
     own = str(grid.headers[0].get("FrameOfReferenceUID", "") or "")
     theirs = {str(r.get("FrameOfReferenceUID", "")) for r in ds.get("ReferencedFrameOfReferenceSequence", [])}
-    theirs |= {str(r.get("ReferencedFrameOfReferenceUID", "")) for r in ds.get("StructureSetROISequence", [])}
     theirs.discard("")
     if own and theirs and own not in theirs:
         raise MedsegError(
             f"{path}: ReferencedFrameOfReferenceUID {sorted(theirs)[0]} is not the frame of reference of "
             f"series {grid.series_uid} ({own}): its contours are not in this scan's space"
         )
+
+
+def _other_frames(ds, grid: SliceGrid) -> dict[int, str]:
+    """ROI number -> its frame of reference, for the ROIs drawn on another frame than the series'."""
+    own = str(grid.headers[0].get("FrameOfReferenceUID", "") or "")
+    out = {}
+    for r in ds.get("StructureSetROISequence", []):
+        frame = str(r.get("ReferencedFrameOfReferenceUID", "") or "")
+        if own and frame and frame != own:
+            out[int(r.ROINumber)] = frame
+    return out
 
 
 def _roi_mask(path: Path, name: str, roi, grid: SliceGrid, notes: list[str]) -> np.ndarray | None:
@@ -181,6 +197,9 @@ def _structure_set(grid: SliceGrid, label: str, software: str, description: str)
     for keyword in PATIENT_STUDY:
         if keyword in src:
             setattr(ds, keyword, src.data_element(keyword).value)
+        elif keyword in TYPE_2:
+            setattr(ds, keyword, "")  # type 2: present, even when empty
+    ds.PositionReferenceIndicator = src.get("PositionReferenceIndicator", "")
     now = datetime.now()
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = RTSTRUCT_STORAGE
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()

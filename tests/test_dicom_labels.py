@@ -151,11 +151,15 @@ def test_point_and_empty_rois_are_skipped_with_a_note(tmp_path):
 def test_another_frame_of_reference_is_refused(tmp_path):
     grid, ds = _rt(tmp_path)
     ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = "1.2.3.4"
-    for roi in ds.StructureSetROISequence:
-        roi.ReferencedFrameOfReferenceUID = "1.2.3.4"
     ds.save_as(tmp_path / "for.dcm")
     with pytest.raises(MedsegError, match=r"for\.dcm: ReferencedFrameOfReferenceUID 1\.2\.3\.4 is not the frame"):
         read_rtstruct(tmp_path / "for.dcm", grid)
+    ds = pydicom.dcmread(tmp_path / "rt.dcm")  # one ROI drawn on another (registered) frame: skipped, said
+    ds.StructureSetROISequence[1].ReferencedFrameOfReferenceUID = "1.2.3.4"
+    ds.save_as(tmp_path / "roi_for.dcm")
+    back = read_rtstruct(tmp_path / "roi_for.dcm", grid)
+    assert "spleen" not in back.masks and "liver" in back.masks
+    assert any("spleen: skipped, drawn on another frame of reference (1.2.3.4)" in n for n in back.notes)
 
 
 def test_a_label_map_of_another_shape_is_refused(tmp_path):

@@ -75,6 +75,7 @@ def test_import_builds_a_dataset_with_a_report(studies, tmp_path):
     assert idx.problems == [] and len(idx.cases) == 3
     meta = json.loads((tmp_path / "ds" / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "liver": 1, "spleen": 2, "liver_tumour": 3}
+    assert meta["name"] == "ds" and meta["numTraining"] == 3
     for case in idx.cases:  # each label map lines up with its image and with the truth, in world space
         patient = case.name.split("_")[0]
         image, label = load_scan(case.image), load_scan(case.label)
@@ -97,7 +98,7 @@ def test_prefer_rtstruct_and_the_dataset_appears_whole(studies, tmp_path):
 
 def test_nothing_importable_writes_nothing(studies, tmp_path):
     root, _ = studies
-    with pytest.raises(MedsegError, match=r"no series could be imported \(.*\); nothing written"):
+    with pytest.raises(MedsegError, match=r"no series could be imported \(4 skipped, 1 unlabelled\); the first: no ROI matches a label of the ROI map; nothing written"):
         import_dicom(root, tmp_path / "ds", {"heart": ["heart"]})
     assert not (tmp_path / "ds").exists() and list(tmp_path.iterdir()) == []
 
@@ -202,3 +203,42 @@ def test_batch_format_dicom_seg_writes_per_series_and_fails_nifti_cases(tmp_path
     r = _cli("batch", src, tmp_path / "out", "--format", "dicom-seg")  # resumes: the SEG is kept
     with open(tmp_path / "out" / "summary.csv", newline="") as fh:
         assert {row["case"]: row for row in csv.DictReader(fh)}["s1"]["status"] == "skipped"
+
+
+def test_cli_bad_label_objects_are_one_line_failures(tmp_path):
+    root = tmp_path / "src"
+    _study(root, "A", 41, seg_names={1: "liver"})
+    _study(root, "B", 42, rt_names={1: "liver", 2: "spleen"})
+    ds = pydicom.dcmread(root / "B" / "rt.dcm")  # a spleen contour half-way between two slices
+    c = ds.ROIContourSequence[1].ContourSequence[0]
+    pts = np.asarray(c.ContourData, float).reshape(-1, 3)
+    pts[:, 2] += 0.5 * read_grid(root / "B" / "CT").gap(0)
+    c.ContourData = [f"{v:.3f}" for v in pts.ravel()]
+    ds.save_as(root / "B" / "rt.dcm")
+    (tmp_path / "map.json").write_text(json.dumps(ROI_MAP))
+    r = _cli("import-dicom", root, tmp_path / "ds", "--roi-map", tmp_path / "map.json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
+    failed = [ln for ln in r.stderr.splitlines() if ln.startswith("failed:")]
+    assert len(failed) == 1 and "rt.dcm: ROI 'spleen' has a contour at" in failed[0] and "on no slice" in failed[0]
+    assert "1 imported, 0 skipped, 0 unlabelled, 1 failed" in r.stdout
+    (tmp_path / "bad.json").write_text('{"liver": "liver", "spleen": 3}')
+    r = _cli("import-dicom", root, tmp_path / "ds2", "--roi-map", tmp_path / "bad.json")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and "bad.json: label 'spleen' must map to a non-empty list" in lines[0]
+    assert not (tmp_path / "ds2").exists()
+
+
+def test_without_the_dicom_extra_the_message_names_it(monkeypatch, tmp_path):
+    from medseg.dicom_results import check_result_path
+
+    phantom_series(tmp_path / "ct")
+    grid = read_grid(tmp_path / "ct")
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "skimage.measure", None)
+    for fmt in ("dicom-seg", "rtstruct"):
+        with pytest.raises(MedsegError, match=r"needs the optional package '.*': pip install 'medseg\[dicom\]'"):
+            check_result_path(tmp_path / "x.dcm", fmt, tmp_path / "ct")
+    with pytest.raises(MedsegError, match=r"reading DICOM SEG needs .*medseg\[dicom\]"):
+        from medseg.dicom_seg import read_seg
+
+        read_seg(tmp_path / "x.dcm", grid)
