@@ -193,6 +193,7 @@ def import_dicom(
     dataset_dir: Path = typer.Argument(..., help="New (or empty) dataset folder: imagesTr/, labelsTr/, dataset.json."),
     roi_map: Path = typer.Option(..., "--roi-map", help='JSON, label -> ROI names in label order: {"liver": ["liver", "liver_total"]}.'),
     prefer: str = typer.Option("seg", "--prefer", help="seg or rtstruct: which label object a series with both uses."),
+    regularize: bool = typer.Option(False, "--regularize", help="Resample irregularly spaced series onto a regular grid (else they fail)."),
 ) -> None:
     """Turn DICOM studies with RTSTRUCT / SEG annotations into a dataset `train` reads, with a report of every series."""
     from .dicom_import import REPORT, import_dicom as run_import, read_roi_map
@@ -200,7 +201,7 @@ def import_dicom(
     mapping = read_roi_map(roi_map)
     with progress_bar() as bar:
         task = bar.add_task("series", total=None)
-        result = run_import(src, dataset_dir, mapping, prefer=prefer,
+        result = run_import(src, dataset_dir, mapping, prefer=prefer, regularize=regularize,
                             progress=lambda what: bar.update(task, advance=1, description=what[-40:]))
     for row in result.rows:
         where = row.get("label_object") if not row.get("patient_id") and row.get("label_object") else f"series {row['series_uid']}"

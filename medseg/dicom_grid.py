@@ -149,6 +149,59 @@ def grid_of_series(folder: Path, chosen) -> SliceGrid:
     )
 
 
+MAX_GAP_RATIO = 4.0  # regularize refuses series whose largest gap is more than this many smallest gaps
+
+
+def decode_slices(grid: SliceGrid) -> np.ndarray:
+    """The grid's voxels (``[column, row, slice]``, HU or stored MR values), whatever its slice gaps."""
+    from .scan import sitk_array, sitk_module
+
+    sitk = sitk_module()
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in grid.files])
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise MedsegError(f"{grid.folder}: cannot decode the pixel data of series {grid.series_uid} ({reason(exc)})") from None
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    array = sitk_array(image, grid.folder)
+    if array.shape != grid.shape:
+        raise MedsegError(f"{grid.folder}: series {grid.series_uid} decoded as {array.shape}, headers give {grid.shape}")
+    return array
+
+
+def regularize(grid: SliceGrid, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """An irregularly spaced series on a regular grid: (image, labels, RAS affine, what was done).
+
+    The new slices run along the normal from the first slice to the last, one smallest gap apart;
+    each new slice's image is interpolated linearly between the two original slices around it,
+    its labels are those of the nearest original slice. Refused (one line) when the largest gap is
+    more than :data:`MAX_GAP_RATIO` smallest gaps: two stacks, or a localizer, not one volume."""
+    along = grid.along()
+    gaps = np.diff(along)
+    small, large = float(gaps.min()), float(gaps.max())
+    if large > MAX_GAP_RATIO * small:
+        raise MedsegError(f"{grid.folder}: series {grid.series_uid} gaps from {small:.3f} to {large:.3f} mm "
+                          f"(over {MAX_GAP_RATIO:g}x): too irregular to resample into one volume")
+    n = int(round((along[-1] - along[0]) / small)) + 1
+    step = (along[-1] - along[0]) / (n - 1)
+    targets = along[0] + step * np.arange(n)
+    below = np.clip(np.searchsorted(along, targets, side="right") - 1, 0, len(along) - 2)
+    t = np.clip((targets - along[below]) / gaps[below], 0.0, 1.0)
+    lo, hi = image[:, :, below].astype(np.float32), image[:, :, below + 1].astype(np.float32)
+    mixed = lo * (1 - t) + hi * t
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        mixed = np.clip(np.round(mixed), info.min, info.max)
+    nearest = np.where(t <= 0.5, below, below + 1)
+    affine = grid.slice_affine(0)
+    affine[:3, 2] = LPS_TO_RAS @ (grid.normal * step)
+    what = (f"resampled from {len(along)} irregularly spaced slices (gaps {small:.3f} to {large:.3f} mm) "
+            f"onto {n} slices {step:.3f} mm apart")
+    return mixed.astype(image.dtype), np.ascontiguousarray(labels[:, :, nearest]), affine, what
+
+
 def _complete_headers(headers: list, series_uid: str) -> None:
     """Fill, in these in-memory copies, the identifiers a derived object must reference but that
     anonymisers blank: SOP class and instance UIDs (from the file meta), and the study and series
@@ -171,4 +224,4 @@ def _complete_headers(headers: list, series_uid: str) -> None:
                               "RTSTRUCT cannot reference this slice")
 
 
-__all__ = ["SliceGrid", "grid_of_series", "read_grid"]
+__all__ = ["MAX_GAP_RATIO", "SliceGrid", "decode_slices", "regularize", "grid_of_series", "read_grid"]

@@ -31,11 +31,13 @@ from .curation import add_case
 from .data import read_dataset_json, write_dataset_json
 from .dicom import DicomSeries, _folder_files, _read_series, _scan_folder
 from .dicom_files import quiet_pydicom
-from .dicom_grid import SliceGrid, grid_of_series
+from .dicom_grid import SliceGrid, decode_slices, grid_of_series
+from .dicom_grid import regularize as onto_regular_grid
 from .dicom_seg import read_seg
 from .errors import MedsegError
 from .reports import write_csv
 from .rtstruct import Structures, read_rtstruct
+from .scan import Scan
 
 KINDS = ("SEG", "RTSTRUCT")
 REPORT = "import_report.csv"
@@ -190,6 +192,7 @@ def import_dicom(
     roi_map: dict[str, list[str]],
     *,
     prefer: str = "seg",
+    regularize: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> ImportResult:
     """Build a training dataset at ``dataset_dir`` (new or empty) from the DICOM studies under ``src``.
@@ -198,6 +201,9 @@ def import_dicom(
     ``imported``, ``unlabelled`` (no SEG or RTSTRUCT references it), ``skipped`` (no ROI matches a
     label, or not CT/MR), ``failed`` (the reason: irregular spacing, contours on no slice, ...).
     Raises a one-line :class:`MedsegError` when nothing can be imported (then nothing is written).
+    An irregularly spaced series fails (the label object is still placed slice by slice, but no
+    regular volume holds it) unless ``regularize``: then image and labels are resampled onto a
+    regular grid (:func:`medseg.dicom_grid.regularize`) and the report says so.
     """
     src, dataset_dir = Path(src), Path(dataset_dir)
     if prefer.lower().replace("dicom-", "") not in ("seg", "rtstruct"):
@@ -213,7 +219,8 @@ def import_dicom(
         for uid, s in sorted(series.items(), key=lambda kv: str(kv[1].slices[0].path if kv[1].slices else kv[0])):
             if progress:
                 progress(s.summary())
-            result.rows.append(_import_one(s, paired.get(uid, []), roi_map, names, prefer, staging))
+            result.rows.append(_import_one(s, paired.get(uid, []), roi_map, names, prefer, staging,
+                                           not regularize))
         result.rows += [_object_row(obj, "failed", why) for obj, why in lost]
         result.rows += [dict(series_uid=uid, status="skipped", notes=f"not a volume: {f.problem_error().args[0]}")
                         for uid, f in flat.items()]
@@ -285,7 +292,7 @@ def _object_row(obj: LabelObject, status: str, notes: str) -> dict:
                 kind=obj.kind, notes=notes)
 
 
-def _import_one(s: DicomSeries, objects, roi_map, names, prefer: str, staging: Path) -> dict:
+def _import_one(s: DicomSeries, objects, roi_map, names, prefer: str, staging: Path, strict: bool) -> dict:
     row = _series_row(s)
     if not objects:
         return {**row, "status": "unlabelled", "notes": "no SEG or RTSTRUCT references this series"}
@@ -293,24 +300,48 @@ def _import_one(s: DicomSeries, objects, roi_map, names, prefer: str, staging: P
     row.update(label_object=str(obj.path), kind=obj.kind)
     if s.modality not in ("CT", "MR"):
         return {**row, "status": "skipped", "notes": f"modality {s.modality or 'missing'}: CT or MR only"}
-    folder = Path(row["folder"])
     try:
-        scan = _read_series(folder, s)
-        grid = grid_of_series(folder, s)
-        if grid.shape != scan.shape or not np.allclose(grid.affine(), scan.affine, atol=1e-3):
-            raise MedsegError(f"{folder}: series {s.uid}: the slice grid and the decoded volume disagree")
-        structures = (read_seg if obj.kind == "SEG" else read_rtstruct)(obj.path, grid)
+        scan, structures, grid, resample = _scan_and_structures(Path(row["folder"]), s, obj, strict)
         labels, used, missing, unmatched = map_structures(structures, roi_map, grid)
         row.update(used="; ".join(f"{lab}<-{'+'.join(rois)}" for lab, rois in used.items()),
                    missing="; ".join(missing), unmatched="; ".join(unmatched))
         notes += structures.notes
         if not used:
             return {**row, "status": "skipped", "notes": "; ".join(["no ROI matches a label of the ROI map", *notes])}
+        if resample is not None:
+            scan, labels, what = resample(labels)
+            notes.append(what)
         case = re.sub(r"[^A-Za-z0-9]+", "_", f"{row['patient_id'] or 'case'}_{s.uid[-8:]}").strip("_")
         added = add_case(staging, scan, labels, {"background": 0, **names}, case=case, modality=s.modality)
         return {**row, "status": "imported", "case": added.name, "notes": "; ".join(notes)}
     except MedsegError as exc:
         return {**row, "status": "failed", "notes": "; ".join([str(exc), *notes])}
+
+
+def _scan_and_structures(folder: Path, s: DicomSeries, obj: LabelObject, strict: bool):
+    """The series' volume, the label object read onto its grid, the grid, and (for an irregular series
+    unless ``strict``) a function that resamples a label map and the volume onto a regular grid."""
+    grid = grid_of_series(folder, s)
+    read = read_seg if obj.kind == "SEG" else read_rtstruct
+    if grid.regular or strict:
+        try:
+            scan = _read_series(folder, s)
+        except MedsegError as exc:
+            hint = " (import-dicom --regularize resamples such a series)" if "irregular slice spacing" in str(exc) else ""
+            raise MedsegError(f"{exc}{hint}") from None
+        if grid.shape != scan.shape or not np.allclose(grid.affine(), scan.affine, atol=1e-3):
+            raise MedsegError(f"{folder}: series {s.uid}: the slice grid and the decoded volume disagree")
+        return scan, read(obj.path, grid), grid, None
+    image = decode_slices(grid)
+    structures = read(obj.path, grid)
+
+    def resample(labels):
+        array, labels, affine, what = onto_regular_grid(grid, image, labels)
+        scan = Scan(array=array, affine=affine, source=folder, modality=s.modality, series_uid=s.uid,
+                    description=s.description)
+        return scan, labels, what
+
+    return None, structures, grid, resample
 
 
 @dataclass

@@ -209,3 +209,14 @@ def test_real_irregular_series_places_objects_on_each_slices_position(shared_dat
     z = {round(float(v), 2) for c in pydicom.dcmread(tmp_path / "rt.dcm").ROIContourSequence[0].ContourSequence
          for v in np.asarray(c.ContourData, float).reshape(-1, 3)[:, 2]}
     assert z == {-99.48, 104.27, 105.52}
+
+
+def test_regularize_refuses_two_stacks_in_one_series(shared_data):
+    """The real irregular series: -99.48 then 103.02, 104.27, 105.52 mm is two stacks, not one volume."""
+    from medseg.dicom_grid import decode_slices, regularize
+
+    grid = read_grid(shared_data / "irregular_ct_dicom")
+    image = decode_slices(grid)
+    assert image.shape == grid.shape
+    with pytest.raises(MedsegError, match=r"gaps from 1\.250 to 202\.500 mm \(over 4x\): too irregular to resample"):
+        regularize(grid, image, np.zeros(grid.shape, np.uint8))

@@ -111,7 +111,33 @@ def test_an_irregular_series_fails_with_its_reason_and_the_rest_imports(tmp_path
     rows = _report(tmp_path / "ds")
     assert rows["A"]["status"] == "imported"
     assert rows["B"]["status"] == "failed" and "irregular slice spacing" in rows["B"]["notes"]
-    assert result.count("failed") == 1
+    assert "--regularize" in rows["B"]["notes"] and result.count("failed") == 1
+
+
+def test_regularize_resamples_an_irregular_series_in_world_space(tmp_path):
+    """Slices 3 and 4 missing: the volume and its contours go back onto the full regular grid; the
+    kept slices are the original ones exactly, each missing slice takes the nearest slice's labels."""
+    from medseg.phantom import make_phantom
+
+    root = tmp_path / "src"
+    _study(root, "B", 22, rt_names={1: "liver", 2: "spleen"}, drop=(3, 4))
+    result = import_dicom(root, tmp_path / "ds", ROI_MAP, regularize=True)
+    row = _report(tmp_path / "ds")["B"]
+    assert row["status"] == "imported", row["notes"]
+    assert "resampled from 14 irregularly spaced slices" in row["notes"] and "onto 16 slices" in row["notes"]
+    case = check_dataset(tmp_path / "ds").cases[0]
+    image, label = load_scan(case.image), load_scan(case.label)
+    p = make_phantom(22, shape=(48, 48, 16))
+    np.testing.assert_allclose(image.affine, p.affine, atol=1e-3)  # the full grid, in the same place
+    assert result.count("imported") == 1
+    truth = np.zeros(p.labels.shape, np.uint8)
+    truth[p.labels == 1], truth[p.labels == 2] = 1, 2
+    kept = [k for k in range(16) if k not in (3, 4)]
+    for k in kept:
+        assert dice(label.array[:, :, k] == 1, truth[:, :, k] == 1) >= 0.97
+        np.testing.assert_array_equal(image.array[:, :, k], np.asarray(p.as_scan().array)[:, :, k].astype(image.array.dtype))
+    np.testing.assert_array_equal(label.array[:, :, 3], label.array[:, :, 2])  # nearest: slice 2
+    np.testing.assert_array_equal(label.array[:, :, 4], label.array[:, :, 5])  # nearest: slice 5
 
 
 @pytest.mark.parametrize("text,match", [
