@@ -61,11 +61,11 @@ def _fail_preview_is_dir(monkeypatch, case):
 
 
 def _fail_mask_raises(monkeypatch, case):
-    def boom(labels, scan, path):
+    def boom(labels, scan, path, *args, **kwargs):
         assert case.preview.is_file(), "the preview is written before the mask"
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(batch_mod, "save_mask", boom)
+    monkeypatch.setattr(batch_mod, "save_result", boom)
 
 
 @pytest.mark.parametrize("fault", [_fail_preview_raises, _fail_preview_is_dir, _fail_mask_raises],
