@@ -230,3 +230,25 @@ def test_uncertainty_is_normalised_by_the_number_of_classes():
     p = torch.tensor([0.9, 0.1 / 3, 0.1 / 3, 0.1 / 3])
     unc = _uncertainty_of(lambda z, shape: p.log()[:, None, None].expand(4, *shape), 3)
     np.testing.assert_allclose(unc, [0.0, 0.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,size", [((192, 192), (512, 512)), ((100, 80), (333, 271)), ((50, 70), (20, 30)),
+                                        ((64, 64), (64, 64))])
+@pytest.mark.parametrize("speckle", [False, True])
+def test_resized_argmax_equals_resizing_every_class(shape, size, speckle):
+    """Interpolating only near boundaries gives exactly the argmax of every class resized (and the LUT)."""
+    from medseg.inference import resized_argmax
+    from medseg.transforms import resize_slices
+
+    torch.manual_seed(3)
+    coarse = torch.randn(4, 5, shape[0] // (2 if speckle else 24) + 2, shape[1] // (2 if speckle else 24) + 2)
+    coarse[:, 0] += 1.5  # mostly background, as a real slice
+    logits = torch.nn.functional.interpolate(coarse, size=shape, mode="bicubic", align_corners=False)
+    logits = logits.contiguous(memory_format=torch.channels_last)  # as the model gives them
+    classes = resize_slices(logits, size, "bilinear").argmax(dim=1)
+    lut = torch.tensor([0, 1, 2, 7, 9])
+    got = resized_argmax(logits, size, lut)
+    assert got.shape == (4, *size) and got.dtype == torch.uint8
+    assert torch.equal(got.long(), lut[classes])
+    wide = torch.tensor([0, 1, 2, 3, 300])  # a label value over 255: int64 out
+    assert torch.equal(resized_argmax(logits, size, wide), wide[classes])
