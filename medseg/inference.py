@@ -28,7 +28,7 @@ from .bundle import Bundle
 from .errors import MedsegError
 from .geometry import AXES, canonical_spacing, canonical_view, from_canonical
 from .io import Scan
-from .transforms import (
+from .slices import (
     context_indices,
     intensity_range,
     read_slices,

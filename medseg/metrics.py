@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
 
 
 def _crop_to_union(p: np.ndarray, r: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -31,6 +30,8 @@ def label_metrics(
     reference's unlabelled voxels (nnU-Net's ``ignore`` label); whatever is predicted there
     counts for nothing (distances are measured between the labelled parts only).
     """
+    from monai.metrics import compute_dice, compute_hausdorff_distance  # here: importing MONAI takes seconds
+
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
     labelled = None if ignore is None else np.asarray(ref != ignore)
