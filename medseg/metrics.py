@@ -69,11 +69,10 @@ def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) ->
 
 def label_volumes_ml(labels: np.ndarray, voxel_volume_ml: float, names: dict[str, int] | None = None) -> dict[str, float]:
     """Volume in mL of every non-zero label present (keys: names where known, else the value)."""
-    labels = np.asarray(labels)
+    flat = np.ravel(np.asarray(labels), order="K")  # memory order (no copy for C or F layouts): counts are the same
     counts = np.zeros(1, dtype=np.int64)
-    flat = labels.reshape(-1, labels.shape[-1]) if labels.ndim > 1 else labels[:, None]
-    for start in range(0, flat.shape[1], 8):  # chunks: bincount converts its input to int64
-        chunk = np.bincount(flat[:, start : start + 8].ravel())
+    for start in range(0, flat.size, 1 << 22):  # chunks: bincount converts its input to int64
+        chunk = np.bincount(flat[start : start + (1 << 22)])
         if chunk.size > counts.size:
             chunk[: counts.size] += counts
             counts = chunk
