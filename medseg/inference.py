@@ -154,14 +154,22 @@ def resized_argmax(logits: torch.Tensor, size: tuple[int, int], lut: torch.Tenso
     agree &= low == torch.cat([below[:, :, 1:], below[:, :, -1:]], dim=2)
     if float(agree.float().mean()) < 0.75:  # speckled logits (a scan far from the training data): resize all
         return lut[resize_slices(logits, size, "bilinear").movedim(1, -1).contiguous().argmax(dim=-1)]
-    out = lut[low].index_select(1, y0).index_select(2, x0)
-    n, yy, xx = (~agree).index_select(1, y0).index_select(2, x0).nonzero(as_tuple=True)
+    out = _cells(lut[low], y0, x0)
+    n, yy, xx = _cells(~agree, y0, x0).nonzero(as_tuple=True)
     if len(n):
         vy, vx = wy[yy, None], wx[xx, None]
         top = last[n, y0[yy], x0[xx]] * (1 - vx) + last[n, y0[yy], x1[xx]] * vx
         bottom = last[n, y1[yy], x0[xx]] * (1 - vx) + last[n, y1[yy], x1[xx]] * vx
         out[n, yy, xx] = lut[(top * (1 - vy) + bottom * vy).argmax(dim=1)]
     return out
+
+
+def _cells(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``values[:, rows][:, :, cols]``: each output pixel takes its cell's value (numpy's fancy
+    indexing on the CPU is ~4x faster than two ``index_select``)."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(values.numpy()[:, rows.numpy()][:, :, cols.numpy()])
+    return values.index_select(1, rows).index_select(2, cols)
 
 
 def _classes(logits: torch.Tensor, size: tuple[int, int], lut: torch.Tensor | None) -> torch.Tensor:
