@@ -79,13 +79,13 @@ def model_inputs(predictor: Predictor, scan) -> list[torch.Tensor]:
                          predictor.device) for s in range(0, view.shape[2], step)]
 
 
-def bare_forward(predictor: Predictor, inputs: list[torch.Tensor]) -> float:
-    """Seconds of the model alone over every batch (inference mode, the predictor's folded model)."""
+def bare_forward(predictor: Predictor, inputs: list[torch.Tensor], repeat: int) -> float:
+    """Best seconds of the model alone over every batch (inference mode, the predictor's folded model)."""
     def run():
         with torch.inference_mode():
             for x in inputs:
                 predictor.model(x)
-    return _timed(run, predictor.device)
+    return _timed(run, predictor.device, repeat)
 
 
 def forward_flops(predictor: Predictor, x: torch.Tensor) -> float:
@@ -166,9 +166,10 @@ def measure(args) -> dict:
             write_nifti(make_phantom(1234 + n, shape=shape, spacing=(0.75, 0.75, 1.0)), folder / f"ct{n}.nii.gz")
         scan = load_scan(tmp / "in1" / "ct0.nii.gz")
         inputs = model_inputs(predictor, scan)
-        out["forward_s"] = bare_forward(predictor, inputs)
+        repeat = 1 if args.quick else 3  # the best of a few: this machine's speed drifts by 10-20 %
+        out["forward_s"] = bare_forward(predictor, inputs, repeat)
         out["forward_flops"] = forward_flops(predictor, inputs[0]) * sum(len(x) for x in inputs) / len(inputs[0]) / out["forward_s"]
-        out["predictor_s"] = _timed(lambda: predictor.predict_scan(scan), device)
+        out["predictor_s"] = _timed(lambda: predictor.predict_scan(scan), device, repeat)
         out["segment_s"] = _cli("segment", tmp / "in1" / "ct0.nii.gz", "-o", tmp / "mask.nii.gz", "--device", args.device)
         out["segment_peak_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
         out["batch_n_s"] = _cli("batch", tmp / "in1", tmp / "out1", "--device", args.device)
