@@ -38,36 +38,28 @@ class TuningMixin:
 
     def save(self, path: str | Path, layer: Labels | None = None) -> Path | None:
         """Write the corrected mask (or ``layer``) as NIfTI in its scan's geometry."""
-        from medseg.io import save_mask
-
-        try:
-            layer = layer or self._labels_layer()
-            labels, scan = labels_in_scan_order(layer.data, layer.metadata, layer.name)
-            out = save_mask(labels, scan, path)
-            self.autosave.forget(layer)  # safe in the user's own file now
-        except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
-            return None
-        show_info(f"saved {out}")
-        self.status.setText(f"saved {out}")
-        return out
+        return self.save_as(path, "nifti", layer)
 
     def save_dicom(self, path: str | Path, fmt: str, layer: Labels | None = None) -> Path | None:
         """Write the corrected mask (or ``layer``) as a DICOM SEG (``fmt`` "dicom-seg") or an RTSTRUCT
         ("rtstruct") that references the scan's DICOM series; an error for a scan that is not DICOM."""
+        return self.save_as(path, fmt, layer)
+
+    def save_as(self, path: str | Path, fmt: str, layer: Labels | None = None) -> Path | None:
+        """:func:`medseg.dicom_results.save_result` of the layer; errors go to the widget's one error path."""
         from medseg import __version__
         from medseg.dicom_results import check_result_path, save_result
 
         try:
             layer = layer or self._labels_layer()
             labels, scan = labels_in_scan_order(layer.data, layer.metadata, layer.name)
-            if scan.series_uid is None:
+            if fmt != "nifti" and scan.series_uid is None:
                 raise MedsegError(f"{scan.source}: not a DICOM series; DICOM SEG and RTSTRUCT reference one "
                                   "(save the mask as NIfTI instead)")
-            check_result_path(path, fmt, scan.source)
-            names = layer.metadata.get(NAMES_KEY) or {}
-            out = save_result(labels, scan, path, fmt, names, model_name=layer.metadata.get(MODEL_KEY, "medseg"),
-                              version=f"medseg {__version__}")
+            if fmt != "nifti":
+                check_result_path(path, fmt, scan.source)
+            out = save_result(labels, scan, path, fmt, layer.metadata.get(NAMES_KEY) or {},
+                              model_name=layer.metadata.get(MODEL_KEY, "medseg"), version=f"medseg {__version__}")
             self.autosave.forget(layer)  # safe in the user's own file now
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
