@@ -152,8 +152,8 @@ def pair(series: dict[str, DicomSeries], objects: list[LabelObject], frame_of: C
     return paired, lost
 
 
-def choose(objects: list[LabelObject], prefer: str) -> tuple[LabelObject, list[str]]:
-    """The label object to use for one series (the preferred kind, then the newest), and notes on the rest."""
+def choose(objects: list[LabelObject], prefer: str) -> tuple[list[LabelObject], list[str]]:
+    """A series' label objects in the order to try them (the preferred kind, then the newest), and notes."""
     prefer = prefer.upper().replace("DICOM-", "")
     ranked = sorted(objects, key=lambda o: (o.kind == prefer, o.when, str(o.path)), reverse=True)
     notes = []
@@ -163,7 +163,7 @@ def choose(objects: list[LabelObject], prefer: str) -> tuple[LabelObject, list[s
     if len(objects) > len(kinds):
         notes.append(f"{len(objects)} label objects: used the newest {ranked[0].kind}; ignored "
                      + ", ".join(o.path.name for o in ranked[1:]))
-    return ranked[0], notes
+    return ranked, notes
 
 
 def map_structures(structures: Structures, roi_map: dict[str, list[str]], grid: SliceGrid):
@@ -296,12 +296,14 @@ def _import_one(s: DicomSeries, objects, roi_map, names, prefer: str, staging: P
     row = _series_row(s)
     if not objects:
         return {**row, "status": "unlabelled", "notes": "no SEG or RTSTRUCT references this series"}
-    obj, notes = choose(objects, prefer)
-    row.update(label_object=str(obj.path), kind=obj.kind)
+    ranked, notes = choose(objects, prefer)
+    row.update(label_object=str(ranked[0].path), kind=ranked[0].kind)
     if s.modality not in ("CT", "MR"):
         return {**row, "status": "skipped", "notes": f"modality {s.modality or 'missing'}: CT or MR only"}
     try:
-        scan, structures, grid, resample = _scan_and_structures(Path(row["folder"]), s, obj, strict)
+        scan, grid, resample = _scan_and_grid(Path(row["folder"]), s, strict)
+        obj, structures = _first_readable(ranked, grid, notes)
+        row.update(label_object=str(obj.path), kind=obj.kind)
         labels, used, missing, unmatched = map_structures(structures, roi_map, grid)
         row.update(used="; ".join(f"{lab}<-{'+'.join(rois)}" for lab, rois in used.items()),
                    missing="; ".join(missing), unmatched="; ".join(unmatched))
@@ -318,11 +320,10 @@ def _import_one(s: DicomSeries, objects, roi_map, names, prefer: str, staging: P
         return {**row, "status": "failed", "notes": "; ".join([str(exc), *notes])}
 
 
-def _scan_and_structures(folder: Path, s: DicomSeries, obj: LabelObject, strict: bool):
-    """The series' volume, the label object read onto its grid, the grid, and (for an irregular series
-    unless ``strict``) a function that resamples a label map and the volume onto a regular grid."""
+def _scan_and_grid(folder: Path, s: DicomSeries, strict: bool):
+    """The series' volume (None for an irregular series unless ``strict``), its slice grid, and for such
+    a series a function that resamples a label map and the volume onto a regular grid."""
     grid = grid_of_series(folder, s)
-    read = read_seg if obj.kind == "SEG" else read_rtstruct
     if grid.regular or strict:
         try:
             scan = _read_series(folder, s)
@@ -331,9 +332,8 @@ def _scan_and_structures(folder: Path, s: DicomSeries, obj: LabelObject, strict:
             raise MedsegError(f"{exc}{hint}") from None
         if grid.shape != scan.shape or not np.allclose(grid.affine(), scan.affine, atol=1e-3):
             raise MedsegError(f"{folder}: series {s.uid}: the slice grid and the decoded volume disagree")
-        return scan, read(obj.path, grid), grid, None
+        return scan, grid, None
     image = decode_slices(grid)
-    structures = read(obj.path, grid)
 
     def resample(labels):
         array, labels, affine, what = onto_regular_grid(grid, image, labels)
@@ -341,7 +341,23 @@ def _scan_and_structures(folder: Path, s: DicomSeries, obj: LabelObject, strict:
                     description=s.description)
         return scan, labels, what
 
-    return None, structures, grid, resample
+    return None, grid, resample
+
+
+def _first_readable(ranked: list[LabelObject], grid: SliceGrid, notes: list[str]) -> tuple[LabelObject, Structures]:
+    """The first label object that reads onto the grid (the others' failures noted); the first error if none does."""
+    errors: list[MedsegError] = []
+    for obj in ranked:
+        try:
+            structures = (read_seg if obj.kind == "SEG" else read_rtstruct)(obj.path, grid)
+        except MedsegError as exc:
+            errors.append(exc)
+            continue
+        notes += [f"{ranked[n].kind} not used: {e}" for n, e in enumerate(errors)]
+        if errors:
+            notes.append(f"used {obj.kind} {obj.path.name} instead")
+        return obj, structures
+    raise errors[0]
 
 
 @dataclass

@@ -268,3 +268,18 @@ def test_without_the_dicom_extra_the_message_names_it(monkeypatch, tmp_path):
         from medseg.dicom_seg import read_seg
 
         read_seg(tmp_path / "x.dcm", grid)
+
+
+def test_an_unusable_preferred_object_falls_back_to_the_other(tmp_path):
+    """Both kinds for one series, the SEG on another frame of reference: the RTSTRUCT is used, and the
+    report says why."""
+    root = tmp_path / "src"
+    _study(root, "C", 51, seg_names={1: "liver"}, rt_names={1: "liver", 2: "spleen"})
+    seg = pydicom.dcmread(root / "C" / "seg.dcm")
+    seg.FrameOfReferenceUID = "1.2.3.4"
+    seg.save_as(root / "C" / "seg.dcm")
+    result = import_dicom(root, tmp_path / "ds", ROI_MAP)
+    row = _report(tmp_path / "ds")["C"]
+    assert result.count("imported") == 1 and row["kind"] == "RTSTRUCT" and row["label_object"].endswith("rt.dcm")
+    assert "SEG not used: " in row["notes"] and "FrameOfReferenceUID 1.2.3.4" in row["notes"]
+    assert "used RTSTRUCT rt.dcm instead" in row["notes"] and row["used"] == "liver<-liver; spleen<-spleen"
