@@ -305,8 +305,7 @@ def _check_gaps(
             f"({a.path.name} and {b.path.name} at {pos[dup[0]]:.2f} mm; several phases or echoes in one series?)"
         )
     spacing = float(np.median(gaps))
-    tol = max(0.01, 0.01 * spacing)
-    if not np.isfinite(spacing) or (regular and not np.all(np.abs(gaps - spacing) <= tol)):
+    if not np.isfinite(spacing) or (regular and not evenly_spaced(gaps)):
         lo, hi = int(np.argmin(gaps)), int(np.argmax(gaps))
         raise MedsegError(
             f"{folder}: irregular slice spacing in series {s.uid}: gaps from {gaps[lo]:.3f} mm "
@@ -315,6 +314,14 @@ def _check_gaps(
             f"between slice positions {', '.join(f'{p:.2f}' for p in pos[:8])}{' ...' if len(pos) > 8 else ''}; "
             "refusing to build a distorted volume"
         )
+
+
+def evenly_spaced(gaps: np.ndarray) -> bool:
+    """Slice gaps all within 1 % (at least 0.01 mm) of their median: one regular grid."""
+    if len(gaps) == 0:
+        return True
+    spacing = float(np.median(gaps))
+    return bool(np.all(np.abs(gaps - spacing) <= max(0.01, 0.01 * spacing)))
 
 
 def load_dicom_folder(folder: Path, uid: str | None) -> Scan:
@@ -398,6 +405,7 @@ __all__ = [
     "COMPANION_SUFFIXES",
     "DicomSeries",
     "NON_SCAN_MODALITIES",
+    "evenly_spaced",
     "find_dicom_series",
     "load_dicom_file",
     "load_dicom_folder",

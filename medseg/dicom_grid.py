@@ -11,7 +11,7 @@ computed from an averaged spacing.
 >>> import numpy as np
 >>> g = SliceGrid(Path("s"), [Path("a"), Path("b")], np.array([[0.0, 0, 0], [0, 0, 2.5]]),
 ...               np.array([1.0, 0, 0, 0, 1, 0]), np.array([0.5, 0.5]), 4, 4, [], "1.2")
->>> g.shape, g.along().tolist(), g.regular
+>>> g.shape, g.along.tolist(), g.regular
 ((4, 4, 2), [0.0, 2.5], True)
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dicom import _choose_series, _scan_folder, sort_and_check_slices
+from .dicom import _choose_series, _scan_folder, evenly_spaced, sort_and_check_slices
 from .dicom_files import quiet_pydicom
 from .errors import MedsegError
 from .scan import reason
@@ -55,22 +55,19 @@ class SliceGrid:
         n = np.cross(self.orientation[:3], self.orientation[3:])
         return n / np.linalg.norm(n)
 
+    @cached_property
     def along(self) -> np.ndarray:
         """Each slice's position along the normal (mm)."""
-        return self._along
-
-    @cached_property
-    def _along(self) -> np.ndarray:
         return self.positions @ self.normal
 
-    @property
+    @cached_property
     def regular(self) -> bool:
-        gaps = np.diff(self.along())
-        return len(gaps) == 0 or bool(np.all(np.abs(gaps - np.median(gaps)) <= max(0.01, 0.01 * np.median(gaps))))
+        """Evenly spaced, by the same rule as :func:`medseg.dicom.load_dicom_folder`."""
+        return evenly_spaced(np.diff(self.along))
 
     def gap(self, k: int) -> float:
         """The smaller distance from slice ``k`` to a neighbour (mm); 1 for a single slice."""
-        along = self.along()
+        along = self.along
         near = [abs(along[j] - along[k]) for j in (k - 1, k + 1) if 0 <= j < len(along)]
         return float(min(near)) if near else 1.0
 
@@ -101,7 +98,7 @@ class SliceGrid:
     def slice_at(self, position_lps, tolerance: float = 0.25) -> int | None:
         """The slice whose plane holds ``position_lps`` (within ``tolerance`` of its gap), else None."""
         d = float(np.asarray(position_lps, dtype=float) @ self.normal)
-        along = self.along()
+        along = self.along
         k = int(np.argmin(np.abs(along - d)))
         return k if abs(along[k] - d) <= tolerance * self.gap(k) else None
 
@@ -178,7 +175,7 @@ def regularize(grid: SliceGrid, image: np.ndarray, labels: np.ndarray) -> tuple[
     each new slice's image is interpolated linearly between the two original slices around it,
     its labels are those of the nearest original slice. Refused (one line) when the largest gap is
     more than :data:`MAX_GAP_RATIO` smallest gaps: two stacks, or a localizer, not one volume."""
-    along = grid.along()
+    along = grid.along
     gaps = np.diff(along)
     small, large = float(gaps.min()), float(gaps.max())
     if large > MAX_GAP_RATIO * small:

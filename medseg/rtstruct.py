@@ -154,7 +154,7 @@ def _contour_slice(path: Path, name: str, points: np.ndarray, grid: SliceGrid) -
     k = grid.slice_at(points.mean(axis=0))
     spread = float(np.ptp(along))
     if k is None:
-        pos = grid.along()
+        pos = grid.along
         raise MedsegError(
             f"{path}: ROI '{name}' has a contour at {where} mm (LPS) on no slice of series {grid.series_uid} "
             f"(it lies at {along.mean():.2f} mm along the slice normal; slices from {pos.min():.2f} to {pos.max():.2f} mm)"

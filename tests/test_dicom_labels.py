@@ -50,7 +50,7 @@ def test_rtstruct_round_trip_keeps_holes_and_slice_positions(tmp_path, orientati
     grid = read_grid(tmp_path / "ct")
     write_rtstruct(labels, names, grid, tmp_path / "rt.dcm")
     ds = pydicom.dcmread(tmp_path / "rt.dcm")
-    along = grid.along()
+    along = grid.along
     for roi in ds.ROIContourSequence:  # every contour lies on a slice position, referencing that slice
         for c in roi.ContourSequence:
             pts = np.asarray(c.ContourData, float).reshape(-1, 3) @ grid.normal
