@@ -22,7 +22,7 @@ from torch import nn
 from . import __version__
 from .errors import MedsegError
 from .models import create_model
-from .resources import model_path
+from .resources import default_bundle_path, model_path  # noqa: F401  (default_bundle_path: its home was here)
 
 CARD_NAME = "model.json"
 WEIGHT_NAMES = ("model.safetensors", "model.pt")
@@ -336,11 +336,3 @@ def save_bundle(model: nn.Module, card: ModelCard, folder: str | os.PathLike, *,
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def default_bundle_path() -> Path:
-    """The default model: ``$MEDSEG_MODEL`` if set, else the one packaged in ``medseg/resources/model``."""
-    env = os.environ.get("MEDSEG_MODEL")
-    if env:
-        return Path(env)
-    return model_path()

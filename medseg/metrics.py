@@ -70,6 +70,16 @@ def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) ->
 def label_volumes_ml(labels: np.ndarray, voxel_volume_ml: float, names: dict[str, int] | None = None) -> dict[str, float]:
     """Volume in mL of every non-zero label present (keys: names where known, else the value)."""
     flat = np.ravel(np.asarray(labels), order="K")  # memory order (no copy for C or F layouts): counts are the same
+    if flat.dtype == np.uint8:  # most label maps: torch counts bytes without widening them to int64 (2x numpy)
+        counts = torch.bincount(torch.from_numpy(flat)).numpy()
+    else:
+        counts = _bincount_chunks(flat)
+    by_value = {v: k for k, v in (names or {}).items()}
+    return {by_value.get(v, str(v)): float(c) * voxel_volume_ml for v, c in enumerate(counts) if v != 0 and c > 0}
+
+
+def _bincount_chunks(flat: np.ndarray) -> np.ndarray:
+    """``np.bincount(flat)`` in chunks (bincount converts its input to int64: a full copy at once is large)."""
     counts = np.zeros(1, dtype=np.int64)
     for start in range(0, flat.size, 1 << 22):  # chunks: bincount converts its input to int64
         chunk = np.bincount(flat[start : start + (1 << 22)])
@@ -78,5 +88,4 @@ def label_volumes_ml(labels: np.ndarray, voxel_volume_ml: float, names: dict[str
             counts = chunk
         else:
             counts[: chunk.size] += chunk
-    by_value = {v: k for k, v in (names or {}).items()}
-    return {by_value.get(v, str(v)): float(c) * voxel_volume_ml for v, c in enumerate(counts) if v != 0 and c > 0}
+    return counts

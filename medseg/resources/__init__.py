@@ -8,6 +8,7 @@ Regenerate with ``make sample-data`` / ``make model``.
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -30,6 +31,14 @@ def resource_root() -> Path:
 def model_path() -> Path:
     """The packaged default model bundle (folder)."""
     return resource_root() / MODEL
+
+
+def default_bundle_path() -> Path:
+    """The default model: ``$MEDSEG_MODEL`` if set, else the one packaged here (:func:`model_path`)."""
+    env = os.environ.get("MEDSEG_MODEL")
+    if env:
+        return Path(env)
+    return model_path()
 
 
 def sample_path(name: str = SAMPLE_DICOM) -> Path:
