@@ -308,12 +308,16 @@ def phantom(
     output: Path = typer.Argument(..., help="Dataset folder to write (imagesTr/, labelsTr/, dataset.json)."),
     seeds: str = typer.Option("100-123", help="Seeds: a range '100-123' or a list '1,2,5'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUTPUT."),
+    varied: bool = typer.Option(False, "--varied", help="Each seed its own contrast phase, noise, slice thickness, arms, table."),
+    phase: Optional[str] = typer.Option(None, help="non-contrast, arterial, portal-venous or delayed (default: portal-venous; "
+                                        "with --varied, each seed's own)."),
 ) -> None:
     """Generate a training set of synthetic abdominal CT phantoms with ground-truth labels."""
     from .phantom import make_dataset
 
     chosen = _parse_seeds(seeds)
-    make_dataset(output, chosen, overwrite=overwrite)  # checks the seeds and the folder before writing
+    # checks the seeds, the phase and the folder before writing
+    make_dataset(output, chosen, overwrite=overwrite, varied=varied, phase=phase)
     err.print(f"wrote {len(chosen)} phantom cases to {output}")
 
 

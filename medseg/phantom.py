@@ -25,12 +25,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from .phantom_domain import Extras, Style, render_outside, style_extras, vessel_mask
+
 if TYPE_CHECKING:
     from .io import Scan
 
 __all__ = [
     "LABELS",
     "Phantom",
+    "Style",
     "make_dataset",
     "make_phantom",
     "write_dicom_series",
@@ -439,13 +442,29 @@ def _render_slice(
     z: float,
     k: int,
     windows: dict[str, _Window],
+    extras: Extras | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free HU (float32) and labels (uint8) of one axial slice, shape (nx, ny)."""
     hu, muscle_out, cavity = _render_body(an, xs, ys, z)
+    if extras is not None:
+        render_outside(extras, xs, ys, hu, an.hu["muscle"], an.hu["fat"])
     blocked, sx0 = _render_spine(an, xs, ys, z, hu, muscle_out)
     canvas = _Canvas(xs, ys, z, k, hu, np.zeros((xs.size, ys.size), dtype=np.uint8), cavity & ~blocked)
     _render_organs(an, canvas, windows, sx0)
+    if extras is not None and extras.vessels:
+        for kind in ("portal", "hepatic"):  # veins inside the liver: liver in the labels, as in LiTS and TotalSegmentator
+            m = vessel_mask(extras, kind, xs, ys, z) & (canvas.lab == _LIVER)
+            hu[m] = an.hu[kind]
     return hu, canvas.lab
+
+
+def _thickness_offsets(thickness: float | None) -> np.ndarray:
+    """z offsets (mm) of the sub-slices averaged into one slice ``thickness`` mm thick (an odd
+    number, the centre one included, at most ~1.5 mm apart); [0] for point sampling."""
+    if thickness is None:
+        return np.zeros(1)
+    n = 2 * int(thickness / 3.0 + 0.5) + 1
+    return (np.arange(n) - (n - 1) / 2.0) * (thickness / n)
 
 
 @dataclass
@@ -642,6 +661,7 @@ def _grid(
     rng: np.random.Generator,
     shape: tuple[int, int, int] | None,
     spacing: tuple[float, float, float] | None,
+    fov: float = _FOV_INPLANE_MM,
 ) -> tuple[tuple[int, int, int], tuple[float, float, float], np.ndarray, np.ndarray]:
     """Shape, spacing, RAS origin of voxel (0,0,0) and RAS position of the anatomy."""
     # Always draw everything, in one order, so the world placement does not depend on
@@ -653,7 +673,7 @@ def _grid(
     jitter = rng.uniform([-5.0, -8.0, -8.0], [5.0, 8.0, 8.0])
 
     def inplane_size(s: float) -> int:
-        return max(2, 2 * int(round(_FOV_INPLANE_MM / s / 2.0)))
+        return max(2, 2 * int(round(fov / s / 2.0)))
 
     if spacing is None and shape is None:
         spacing = (inplane, inplane, thick)
@@ -663,8 +683,8 @@ def _grid(
         shape = (inplane_size(spacing[0]), inplane_size(spacing[1]), nz)
     if spacing is None:
         spacing = (
-            round(_FOV_INPLANE_MM / shape[0], 6),
-            round(_FOV_INPLANE_MM / shape[1], 6),
+            round(fov / shape[0], 6),
+            round(fov / shape[1], 6),
             round(_FOV_Z_MM / shape[2], 6),
         )
     sx, sy, sz = spacing
@@ -686,8 +706,13 @@ def make_phantom(
     seed: int,
     shape: tuple[int, int, int] | None = None,
     spacing: tuple[float, float, float] | None = None,
+    style: Style | None = None,
 ) -> Phantom:
     """Render the phantom for ``seed``.
+
+    ``style`` (:class:`~medseg.phantom_domain.Style`) sets the contrast phase, noise level, slice
+    thickness, arms, table and liver veins; the default is the portal-venous phantom, and a style
+    never changes the seed's anatomy or grid (except a wider field of view for arms beside the body).
 
     With neither ``shape`` nor ``spacing`` the grid is seeded: in-plane spacing in
     [1.2, 1.8] mm, slice spacing in [2.5, 5.0] mm, field of view ~380 mm in-plane and
@@ -702,10 +727,16 @@ def make_phantom(
         shape = _check_triple("shape", shape, int)  # type: ignore[assignment]
     if spacing is not None:
         spacing = _check_triple("spacing", spacing, float)  # type: ignore[assignment]
+    style = style if style is not None else Style()
     geo_ss, anat_ss, noise_ss = np.random.SeedSequence(seed).spawn(3)
-    shape, spacing, origin, anatomy_pos = _grid(np.random.default_rng(geo_ss), shape, spacing)
+    fov = 500.0 if style.arms == "beside" else _FOV_INPLANE_MM
+    shape, spacing, origin, anatomy_pos = _grid(np.random.default_rng(geo_ss), shape, spacing, fov)
     anat_rng = np.random.default_rng(anat_ss)
     an = _place_tumour(_sample_anatomy(anat_rng), anat_rng)
+    extras = None
+    if style != Style():
+        extras = style_extras(style, an.hu, (an.body_a, an.body_b), an.liver, seed)
+        an = replace(an, hu=extras.hu)
     noise_rng = np.random.default_rng(noise_ss)
 
     nx, ny, nz = shape
@@ -729,8 +760,12 @@ def make_phantom(
     # Pass 1: noise-free HU and labels, one axial slice at a time.
     image = np.empty(shape, dtype=np.int16, order="F")
     labels = np.empty(shape, dtype=np.uint8, order="F")
+    offsets = _thickness_offsets(style.thickness_mm)
     for k in range(nz):
-        hu, lab = _render_slice(an, xs, ys, float(zs[k]), k, windows)
+        hu, lab = _render_slice(an, xs, ys, float(zs[k]), k, windows, extras)
+        if offsets.size > 1:  # partial volume: the image averages the slab, the labels are its centre
+            hu = sum(_render_slice(an, xs, ys, float(zs[k] + o), k, windows, extras)[0] for o in offsets if o != 0.0) + hu
+            hu /= np.float32(offsets.size)
         image[:, :, k] = np.clip(np.rint(hu), HU_MIN, HU_MAX)
         labels[:, :, k] = lab
 
@@ -909,8 +944,14 @@ def make_dataset(
     shape: tuple[int, int, int] | None = None,
     spacing: tuple[float, float, float] | None = None,
     overwrite: bool = False,
+    varied: bool = False,
+    phase: str | None = None,
 ) -> Path:
     """Write phantoms for ``seeds`` as an nnU-Net v2 style raw dataset; return ``out_dir``.
+
+    ``varied``: each seed gets its own :func:`~medseg.phantom_domain.seeded_style` (phase, noise,
+    slice thickness, arms, table, liver veins); ``phase`` fixes the contrast phase (of every
+    style). dataset.json records each case's style under ``phantom_styles``.
 
     Layout: imagesTr/phantom_{seed:04d}_0000.nii.gz, labelsTr/phantom_{seed:04d}.nii.gz
     and dataset.json. A folder that already holds a dataset (a dataset.json, or files in
@@ -921,10 +962,11 @@ def make_dataset(
     from .data import write_dataset_json
 
     seeds = _check_seeds(seeds)
+    styles = {seed: _dataset_style(seed, varied, phase) for seed in seeds}
     out = Path(out_dir)
     _prepare_dataset_folder(out, overwrite)
     for seed in seeds:
-        ph = make_phantom(seed, shape=shape, spacing=spacing)
+        ph = make_phantom(seed, shape=shape, spacing=spacing, style=styles[seed])
         write_nifti(
             ph,
             out / "imagesTr" / f"phantom_{seed:04d}_0000.nii.gz",
@@ -932,8 +974,9 @@ def make_dataset(
         )
     meta = {
         "name": "MedsegPhantom",
-        "description": "Synthetic portal-venous abdominal CT phantoms from "
-        "medseg.phantom.make_phantom; each case is named after its seed.",
+        "description": f"Synthetic abdominal CT phantoms ({', '.join(sorted({st.phase for st in styles.values()}))}) "
+        "from medseg.phantom.make_phantom; each case is named after its seed.",
+        "phantom_styles": {f"phantom_{seed:04d}": styles[seed].as_dict() for seed in seeds},
         "channel_names": {"0": "CT"},
         "labels": dict(LABELS),
         "numTraining": len(seeds),
@@ -941,6 +984,18 @@ def make_dataset(
     }
     write_dataset_json(out, meta)
     return out
+
+
+def _dataset_style(seed: int, varied: bool, phase: str | None) -> Style:
+    """The style of a dataset's case (a one-line error for an unknown phase)."""
+    from .errors import MedsegError
+    from .phantom_domain import seeded_style
+
+    style = seeded_style(seed) if varied else Style()
+    try:
+        return replace(style, phase=phase) if phase is not None else style
+    except ValueError as exc:
+        raise MedsegError(f"--phase: {exc}") from None
 
 
 def _check_seeds(seeds: Iterable[int]) -> list[int]:

@@ -1,0 +1,210 @@
+"""The clinical domain a phantom is drawn from: contrast phase, noise, slice thickness, arms,
+table and the veins inside the liver (the knobs of :func:`medseg.phantom.make_phantom`).
+
+A :class:`Style` names the knobs; the default style is the portal-venous phantom medseg has
+always made (same seed, same voxels). :func:`seeded_style` draws a varied style per seed for
+training sets, and :func:`style_extras` turns a style into the values a phantom is rendered with.
+
+Attenuation (HU, adult abdomen, 120 kVp) per phase, from published multiphase CT tables:
+unenhanced liver 50-65 HU and about 8-10 HU above the spleen, blood 35-50 HU; late arterial
+aorta 250-400 HU with a bright renal cortex over a dark medulla (corticomedullary phase) and a
+spleen not yet uniform; portal-venous (~70 s) liver 100-120 HU with portal and hepatic veins
+brighter than it; delayed (3-5 min) liver and spleen 80-95 HU, a uniform (nephrographic) kidney,
+and contrast reaching the renal pelvis in some patients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+PHASES = ("non-contrast", "arterial", "portal-venous", "delayed")
+NOISE_LEVELS: dict[str, tuple[float, float]] = {"low": (5.0, 10.0), "standard": (10.0, 15.0), "high": (18.0, 30.0)}
+ARMS = ("raised", "beside")
+
+# Ranges (HU) drawn per case; "medulla_drop" is how far the medulla sits below the cortex.
+_PHASE_HU: dict[str, dict[str, tuple[float, float]]] = {
+    "non-contrast": {"liver": (50.0, 65.0), "spleen": (40.0, 52.0), "cortex": (28.0, 38.0), "medulla_drop": (0.0, 4.0),
+                     "tumour": (25.0, 40.0), "aorta": (35.0, 50.0), "portal": (35.0, 46.0), "hepatic": (35.0, 46.0),
+                     "sinus": (5.0, 25.0)},
+    "arterial": {"liver": (62.0, 85.0), "spleen": (95.0, 140.0), "cortex": (170.0, 230.0), "medulla_drop": (70.0, 120.0),
+                 "tumour": (40.0, 110.0), "aorta": (250.0, 400.0), "portal": (100.0, 160.0), "hepatic": (45.0, 75.0),
+                 "sinus": (10.0, 30.0)},
+    "portal-venous": {"portal": (150.0, 190.0), "hepatic": (130.0, 170.0)},  # organs: medseg.phantom's own draw
+    "delayed": {"liver": (78.0, 95.0), "spleen": (78.0, 95.0), "cortex": (130.0, 165.0), "medulla_drop": (-10.0, 10.0),
+                "tumour": (55.0, 80.0), "aorta": (100.0, 140.0), "portal": (95.0, 130.0), "hepatic": (95.0, 130.0),
+                "sinus": (10.0, 30.0)},
+}
+_ENHANCING = ("liver", "spleen", "cortex", "tumour", "aorta", "portal", "hepatic")
+
+
+@dataclass(frozen=True)
+class Style:
+    """The knobs of a phantom. ``thickness_mm``: reconstructed slice thickness, the image averaged
+    over it along z (partial volume); None samples each slice at its centre. ``arms``: raised
+    (out of the field of view) or beside the body (the field of view widens to 500 mm)."""
+
+    phase: str = "portal-venous"
+    noise: str = "standard"
+    thickness_mm: float | None = None
+    arms: str = "raised"
+    table: bool = False
+    liver_vessels: bool = False
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"phase {self.phase!r}: expected one of {', '.join(PHASES)}")
+        if self.noise not in NOISE_LEVELS:
+            raise ValueError(f"noise {self.noise!r}: expected one of {', '.join(NOISE_LEVELS)}")
+        if self.arms not in ARMS:
+            raise ValueError(f"arms {self.arms!r}: expected one of {', '.join(ARMS)}")
+        t = self.thickness_mm
+        if t is not None and not (isinstance(t, (int, float)) and np.isfinite(t) and 0.0 < t <= 10.0):
+            raise ValueError(f"thickness_mm {t!r}: expected a number of mm in (0, 10], or None")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def seeded_style(seed: int) -> Style:
+    """A varied style for ``seed`` (training and evaluation sets): every phase equally often,
+    each noise level, slices 0.5-5 mm thick, arms beside the body in 40 % of cases, a table in
+    70 %, veins in every liver. Drawn from its own generator: the anatomy is the seed's as ever."""
+    rng = np.random.default_rng([int(seed), 15])
+    return Style(
+        phase=str(rng.choice(PHASES)),
+        noise=str(rng.choice(list(NOISE_LEVELS), p=[0.3, 0.45, 0.25])),
+        thickness_mm=round(float(rng.uniform(0.5, 5.0)), 2),
+        arms="beside" if rng.random() < 0.4 else "raised",
+        table=bool(rng.random() < 0.7),
+        liver_vessels=True,
+    )
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What a style adds to a phantom, drawn once: HU overrides, arms, table and vessel segments."""
+
+    hu: dict[str, float]
+    arms: tuple[tuple[float, ...], ...] = ()  # per arm: centre x, centre y, semi x, semi y, fat, bone r, cortex, marrow HU, bone HU
+    table: tuple[float, ...] | None = None  # y of the top at x = 0, radius of curvature, half width, shell, core, shell HU, core HU
+    vessels: tuple[tuple[np.ndarray, np.ndarray, float, str], ...] = field(default_factory=tuple)  # (p0, p1, radius, kind)
+
+
+def style_hu(hu: dict[str, float], style: Style, rng: np.random.Generator) -> dict[str, float]:
+    """``hu`` (the portal-venous values a phantom draws) in the style's phase and noise level; each
+    organ's enhancement over its unenhanced value is scaled by its own factor (0.8-1.2) per case."""
+    out = dict(hu)
+    table = _PHASE_HU[style.phase]
+    base = {k: float(np.mean(v)) for k, v in _PHASE_HU["non-contrast"].items()}
+    for key, (lo, hi) in table.items():
+        value = float(rng.uniform(lo, hi))
+        if style.phase not in ("non-contrast", "portal-venous") and key in _ENHANCING:
+            value = base[key] + (value - base[key]) * float(rng.uniform(0.8, 1.2))
+        out[key] = value
+    if "medulla_drop" in out:
+        out["medulla"] = out["cortex"] - out.pop("medulla_drop")
+    if style.phase == "delayed" and rng.random() < 0.4:  # contrast excreted into the renal pelvis
+        out["sinus"] = float(rng.uniform(250.0, 600.0))
+    if style.noise != "standard":
+        out["noise"] = float(rng.uniform(*NOISE_LEVELS[style.noise]))
+        out["tex"] = float(hu["tex"] * rng.uniform(0.7, 1.6))
+    return out
+
+
+def style_extras(style: Style, hu: dict[str, float], body: tuple[float, float], liver, seed: int) -> Extras:
+    """The drawn extras of ``style`` for a phantom with skin semi-axes ``body`` (mm) and liver
+    lobes ``liver`` (medseg.phantom's blobs), from a generator of its own seeded by ``seed``."""
+    rng = np.random.default_rng([int(seed), 16])
+    hu = style_hu(hu, style, rng)
+    arms = _draw_arms(rng, body) if style.arms == "beside" else ()
+    table = _draw_table(rng, body[1]) if style.table else None
+    vessels = _draw_vessels(rng, liver) if style.liver_vessels else ()
+    return Extras(hu=hu, arms=arms, table=table, vessels=vessels)
+
+
+def _draw_arms(rng: np.random.Generator, body: tuple[float, float]) -> tuple[tuple[float, ...], ...]:
+    u = rng.uniform
+    arms = []
+    for side in (-1.0, 1.0):
+        rx, ry = u(38.0, 50.0), u(42.0, 55.0)
+        cx = side * (body[0] + u(3.0, 25.0) + rx)
+        arms.append((cx, u(-25.0, 25.0), rx, ry, u(5.0, 12.0), u(9.0, 14.0), u(3.0, 5.0), u(-60.0, 60.0), u(900.0, 1300.0)))
+    return tuple(arms)
+
+
+def _draw_table(rng: np.random.Generator, body_b: float) -> tuple[float, ...]:
+    u = rng.uniform
+    return (-body_b - u(1.0, 8.0), u(400.0, 900.0), u(200.0, 240.0), u(1.5, 3.0), u(20.0, 40.0), u(200.0, 500.0),
+            u(-900.0, -700.0))
+
+
+def _draw_vessels(rng: np.random.Generator, liver) -> tuple:
+    """Portal vein branches from the hilum and hepatic veins from a confluence at the dome, inside
+    the right lobe (body frame: +x right, +y anterior, +z superior)."""
+    right = liver[0]
+    c = np.asarray(right.centre, float)
+    ext = np.asarray(right.half_extent(), float) - right.warp.bound - 1.0
+    hilum = c + ext * np.array([-0.45, 0.05, -0.25])
+    dome = c + ext * np.array([-0.3, -0.3, 0.6])
+    out: list = []
+    for _ in range(int(rng.integers(4, 7))):  # portal branches: towards the periphery, mostly lateral
+        d = rng.normal(size=3) * np.array([0.6, 0.6, 0.5]) + np.array([0.5, 0.0, 0.1])
+        _branch(rng, out, hilum, ext * d / max(np.linalg.norm(d), 1e-6) * rng.uniform(0.5, 0.8), rng.uniform(3.5, 6.5), "portal")
+    for _ in range(3):  # right, middle and left hepatic veins fanning out downwards
+        d = np.array([rng.uniform(-0.2, 0.9), rng.uniform(-0.1, 0.8), -rng.uniform(0.4, 0.9)])
+        _branch(rng, out, dome, ext * d / np.linalg.norm(d) * rng.uniform(0.5, 0.85), rng.uniform(3.5, 6.5), "hepatic")
+    return tuple(out)
+
+
+def _branch(rng: np.random.Generator, out: list, start: np.ndarray, reach: np.ndarray, radius: float, kind: str) -> None:
+    """A vein from ``start`` along ``reach`` (mm) and two thinner side branches from its middle third on."""
+    out.append((start, start + reach, float(radius), kind))
+    length = float(np.linalg.norm(reach))
+    for _ in range(2):
+        at = start + reach * rng.uniform(0.35, 0.75)
+        side = rng.normal(size=3)
+        side -= (side @ reach) / (length * length) * reach  # across the parent
+        side *= length * rng.uniform(0.25, 0.45) / max(np.linalg.norm(side), 1e-6)
+        out.append((at, at + side + reach * 0.2, float(radius * rng.uniform(0.45, 0.65)), kind))
+
+
+def render_outside(ex: Extras, xs: np.ndarray, ys: np.ndarray, hu: np.ndarray, muscle: float, fat: float) -> None:
+    """Arms and table onto one axial slice's HU (body-frame grid ``xs`` by ``ys``), only where it is air."""
+    air = hu <= -999.0
+    for cx, cy, rx, ry, fat_mm, bone_r, cortex, marrow, bone in ex.arms:
+        dx, dy = (xs - cx)[:, None], (ys - cy)[None, :]
+        skin = (dx / rx) ** 2 + (dy / ry) ** 2 < 1.0
+        inner = (dx / (rx - fat_mm)) ** 2 + (dy / (ry - fat_mm)) ** 2 < 1.0
+        r2 = dx * dx + dy * dy
+        value = np.where(inner, muscle, fat)
+        value = np.where(r2 < bone_r**2, bone, value)
+        value = np.where(r2 < (bone_r - cortex) ** 2, marrow, value)
+        np.copyto(hu, value.astype(np.float32), where=skin & air)
+    if ex.table is not None:
+        top, radius, half_w, shell, core, shell_hu, core_hu = ex.table
+        surface = top + xs**2 / (2.0 * radius)  # a shallow cradle
+        depth = surface[:, None] - ys[None, :]  # mm below the top surface
+        inside = (np.abs(xs) < half_w)[:, None] & (depth >= 0.0) & (depth < 2 * shell + core)
+        value = np.where((depth < shell) | (depth >= shell + core), shell_hu, core_hu).astype(np.float32)
+        np.copyto(hu, value, where=inside & air)
+
+
+def vessel_mask(ex: Extras, kind: str, xs: np.ndarray, ys: np.ndarray, z: float) -> np.ndarray:
+    """Where the ``kind`` ("portal" or "hepatic") veins cross the slice at ``z`` (distance to a segment < its radius)."""
+    mask = np.zeros((xs.size, ys.size), dtype=bool)
+    for p0, p1, r, k in ex.vessels:
+        if k != kind or z < min(p0[2], p1[2]) - r or z > max(p0[2], p1[2]) + r:
+            continue
+        i = np.flatnonzero(np.abs(xs - 0.5 * (p0[0] + p1[0])) <= 0.5 * abs(p1[0] - p0[0]) + r)
+        j = np.flatnonzero(np.abs(ys - 0.5 * (p0[1] + p1[1])) <= 0.5 * abs(p1[1] - p0[1]) + r)
+        if i.size == 0 or j.size == 0:
+            continue
+        seg = p1 - p0
+        px, py = (xs[i] - p0[0])[:, None], (ys[j] - p0[1])[None, :]
+        pz = z - p0[2]
+        t = np.clip((px * seg[0] + py * seg[1] + pz * seg[2]) / float(seg @ seg), 0.0, 1.0)
+        d2 = (px - t * seg[0]) ** 2 + (py - t * seg[1]) ** 2 + (pz - t * seg[2]) ** 2
+        mask[i[0] : i[-1] + 1, j[0] : j[-1] + 1] |= d2 < r * r
+    return mask

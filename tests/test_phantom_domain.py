@@ -1,0 +1,147 @@
+"""The phantom's clinical-domain knobs (medseg.phantom_domain): contrast phase, noise, slice
+thickness, arms, table and liver veins. Each knob is checked on rendered phantoms against what
+it claims, and the default style is the phantom medseg always made."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medseg.phantom import LABELS, make_dataset, make_phantom
+from medseg.phantom_domain import PHASES, Style, seeded_style, style_hu
+
+SHAPE = (112, 112, 28)
+LIVER, SPLEEN, KID_R, KID_L = LABELS["liver"], LABELS["spleen"], LABELS["kidney_right"], LABELS["kidney_left"]
+
+
+def _median(ph, label: int) -> float:
+    return float(np.median(ph.image[ph.labels == label]))
+
+
+def test_the_default_style_is_the_packaged_sample_voxel_for_voxel():
+    import nibabel as nib
+
+    from medseg.resources import SAMPLE_IMAGE, SAMPLE_LABELS, sample_path
+    from medseg.sample import SAMPLE_SEED, SAMPLE_SHAPE, SAMPLE_SPACING
+
+    ph = make_phantom(SAMPLE_SEED, shape=SAMPLE_SHAPE, spacing=SAMPLE_SPACING, style=Style())
+    assert np.array_equal(ph.image, np.asanyarray(nib.load(sample_path(SAMPLE_IMAGE)).dataobj))
+    assert np.array_equal(ph.labels, np.asanyarray(nib.load(sample_path(SAMPLE_LABELS)).dataobj))
+
+
+def test_phases_follow_the_published_attenuation_order():
+    by_phase = {p: make_phantom(21, shape=SHAPE, style=Style(phase=p)) for p in PHASES}
+    nc, art, pv, dl = (by_phase[p] for p in PHASES)
+    assert 45 <= _median(nc, LIVER) <= 70 and _median(nc, LIVER) > _median(nc, SPLEEN) + 3  # unenhanced liver above spleen
+    assert _median(nc, KID_R) < 45  # no enhancement
+    assert _median(pv, LIVER) > _median(nc, LIVER) + 30
+    assert _median(art, KID_R) > _median(nc, KID_R) + 80 and _median(art, SPLEEN) > _median(art, LIVER) + 15
+    assert _median(dl, LIVER) < _median(pv, LIVER)
+    for ph in by_phase.values():  # the anatomy is the seed's whatever the phase
+        assert np.array_equal(ph.labels, nc.labels)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_drawn_values_stay_in_their_phase(phase):
+    base = {"liver": 105.0, "spleen": 120.0, "cortex": 180.0, "medulla": 160.0, "sinus": 25.0, "tumour": 50.0,
+            "aorta": 170.0, "noise": 12.0, "tex": 4.0, "muscle": 50.0}
+    for n in range(30):
+        hu = style_hu(base, Style(phase=phase), np.random.default_rng(n))
+        if phase == "non-contrast":
+            assert 50 <= hu["liver"] <= 65 and 35 <= hu["aorta"] <= 50 and hu["medulla"] <= hu["cortex"]
+        elif phase == "arterial":
+            assert hu["aorta"] > 200 and hu["cortex"] - hu["medulla"] > 50
+        elif phase == "delayed":
+            assert abs(hu["cortex"] - hu["medulla"]) <= 10 and 75 <= hu["liver"] <= 100
+        else:
+            assert hu["liver"] == 105.0 and hu["portal"] > hu["liver"]  # the phantom's own portal-venous draw
+        assert hu["muscle"] == 50.0 and hu["noise"] == 12.0
+
+
+def test_noise_levels_order_the_noise():
+    def liver_sd(level):
+        ph = make_phantom(5, shape=SHAPE, style=Style(noise=level))
+        return float(np.std(ph.image[ph.labels == LIVER]))
+
+    low, standard, high = liver_sd("low"), liver_sd("standard"), liver_sd("high")
+    assert low < standard < high and high > 1.3 * standard
+
+
+def test_thick_slices_average_the_slab_and_keep_the_labels():
+    point = make_phantom(8, shape=SHAPE, style=Style(phase="arterial"))
+    thick = make_phantom(8, shape=SHAPE, style=Style(phase="arterial", thickness_mm=8.0))
+    assert np.array_equal(point.labels, thick.labels)
+    # voxels just above or below a bright (arterial) kidney take part of it in a thick slice
+    kidney = np.isin(point.labels, [KID_R, KID_L])
+    above = kidney[:, :, :-1] & (point.labels[:, :, 1:] == 0)
+    below = kidney[:, :, 1:] & (point.labels[:, :, :-1] == 0)
+
+    def edge_mean(img):
+        return float(np.concatenate([img[:, :, 1:][above], img[:, :, :-1][below]]).mean())
+
+    assert above.sum() + below.sum() > 50
+    assert edge_mean(thick.image) > edge_mean(point.image) + 20
+
+
+def test_arms_beside_the_body_widen_the_view_and_hold_bone_no_organ_label():
+    beside = make_phantom(9, shape=SHAPE, style=Style(arms="beside", phase="delayed"))
+    assert beside.spacing[0] > make_phantom(9, shape=SHAPE).spacing[0]  # a 500 mm field of view
+    raised = make_phantom(9, shape=SHAPE, spacing=beside.spacing, style=Style(arms="raised", phase="delayed"))
+    assert np.array_equal(raised.affine, beside.affine) and np.array_equal(raised.labels, beside.labels)
+    arm = np.abs(beside.image.astype(int) - raised.image) > 100
+    assert arm.sum() > 500 and (raised.image[arm] < -900).all()  # only air became arm
+    columns = np.nonzero(arm.any(axis=(1, 2)))[0]
+    body = np.nonzero((raised.image > -500).any(axis=(1, 2)))[0]
+    assert columns.min() < body.min() and columns.max() > body.max()  # both arms, beside the body
+    assert (beside.image[arm] > 700).any()  # humerus cortex
+
+
+def test_table_lies_below_the_body_and_never_over_it():
+    without = make_phantom(10, shape=SHAPE, style=Style(phase="non-contrast"))
+    table = make_phantom(10, shape=SHAPE, style=Style(phase="non-contrast", table=True))
+    changed = np.abs(table.image.astype(int) - without.image) > 100
+    assert changed.any() and (without.image[changed] < -900).all()  # only air became table
+    rows = np.nonzero(changed.any(axis=(0, 2)))[0]
+    body_rows = np.nonzero((without.image > -500).any(axis=(0, 2)))[0]
+    assert rows.min() > body_rows.mean()  # posterior (j grows towards posterior)
+
+
+@pytest.mark.parametrize("phase,brighter", [("portal-venous", True), ("non-contrast", False)])
+def test_liver_veins_are_liver_brighter_after_contrast_darker_before(phase, brighter):
+    plain = make_phantom(12, shape=(160, 160, 40), style=Style(phase=phase, liver_vessels=False, table=True))
+    veins = make_phantom(12, shape=(160, 160, 40), style=Style(phase=phase, liver_vessels=True, table=True))
+    assert np.array_equal(plain.labels, veins.labels)  # veins inside the liver are liver
+    changed = (veins.image != plain.image) & (plain.labels == LIVER)
+    assert changed.sum() > 0.005 * (plain.labels == LIVER).sum()
+    diff = float(np.median(veins.image[changed].astype(int) - plain.image[changed]))
+    assert (diff > 20) if brighter else (diff < -5)
+
+
+def test_seeded_styles_are_reproducible_and_span_the_domain():
+    styles = [seeded_style(s) for s in range(60)]
+    assert styles == [seeded_style(s) for s in range(60)]
+    assert {s.phase for s in styles} == set(PHASES)
+    assert {s.noise for s in styles} == {"low", "standard", "high"} and {s.arms for s in styles} == {"raised", "beside"}
+    assert all(0.5 <= s.thickness_mm <= 5.0 for s in styles) and any(s.table for s in styles)
+
+
+@pytest.mark.parametrize("kwargs", [{"phase": "venous"}, {"noise": "loud"}, {"arms": "up"}, {"thickness_mm": 0.0},
+                                    {"thickness_mm": float("nan")}])
+def test_bad_knobs_are_refused(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        Style(**kwargs)
+
+
+def test_a_varied_dataset_records_each_case_style(tmp_path):
+    from medseg.data import find_cases
+
+    root = make_dataset(tmp_path / "ds", [1, 2, 3], shape=(48, 48, 8), varied=True)
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["phantom_styles"] == {f"phantom_{s:04d}": seeded_style(s).as_dict() for s in (1, 2, 3)}
+    cases, _ = find_cases(root)
+    assert len(cases) == 3
+    fixed = make_dataset(tmp_path / "nc", [1, 2], shape=(48, 48, 8), varied=True, phase="non-contrast")
+    styles = json.loads((fixed / "dataset.json").read_text())["phantom_styles"]
+    assert {s["phase"] for s in styles.values()} == {"non-contrast"}
