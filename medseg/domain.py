@@ -167,6 +167,9 @@ def training_data_of(cases: Iterable, val_cases: Iterable, modality: str, meta: 
     for key in ("body_region", "phase"):
         if isinstance(meta.get(key), str) and meta[key].strip():
             data[key] = meta[key].strip()
+    styles = meta.get("phantom_styles")
+    if isinstance(styles, dict):  # phantoms: the knobs they were drawn with (medseg.phantom_domain)
+        data["phantom_styles"] = _style_summary([styles[c.name] for c in cases if isinstance(styles.get(c.name), dict)])
     grids = [_image_grid(c.image) for c in cases]
     if grids:
         fov = np.array([g[0] for g in grids])
@@ -200,3 +203,14 @@ def _image_grid(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 __all__ = ["domain_warnings", "describe_training_data", "training_data_of", "canonical_extent"]
+
+
+def _style_summary(styles: list[dict[str, Any]]) -> dict[str, Any]:
+    """The range of phantom knobs over the training cases: values seen, thickness span, counts."""
+    thick = [float(s["thickness_mm"]) for s in styles if isinstance(s.get("thickness_mm"), (int, float))]
+    return {
+        "cases": len(styles),
+        **{key: sorted({str(s.get(key)) for s in styles}) for key in ("phase", "noise", "arms")},
+        "thickness_mm": [min(thick), max(thick)] if thick else None,
+        **{key: sum(bool(s.get(key)) for s in styles) for key in ("table", "liver_vessels")},
+    }

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from .phantom_domain import Extras, Style, render_outside, style_extras, vessel_mask
+from .phantom_domain import PHASES, Extras, Style, render_outside, style_extras, vessel_mask
 
 if TYPE_CHECKING:
     from .io import Scan
@@ -972,10 +972,13 @@ def make_dataset(
             out / "imagesTr" / f"phantom_{seed:04d}_0000.nii.gz",
             out / "labelsTr" / f"phantom_{seed:04d}.nii.gz",
         )
+    phases = ", ".join(p for p in PHASES if p in {st.phase for st in styles.values()})
     meta = {
         "name": "MedsegPhantom",
-        "description": f"Synthetic abdominal CT phantoms ({', '.join(sorted({st.phase for st in styles.values()}))}) "
-        "from medseg.phantom.make_phantom; each case is named after its seed.",
+        "description": f"Synthetic {phases} abdominal CT phantoms from medseg.phantom.make_phantom; "
+        "each case is named after its seed.",
+        "body_region": "abdomen",
+        "phase": phases,
         "phantom_styles": {f"phantom_{seed:04d}": styles[seed].as_dict() for seed in seeds},
         "channel_names": {"0": "CT"},
         "labels": dict(LABELS),

@@ -145,3 +145,23 @@ def test_a_varied_dataset_records_each_case_style(tmp_path):
     fixed = make_dataset(tmp_path / "nc", [1, 2], shape=(48, 48, 8), varied=True, phase="non-contrast")
     styles = json.loads((fixed / "dataset.json").read_text())["phantom_styles"]
     assert {s["phase"] for s in styles.values()} == {"non-contrast"}
+
+
+def test_the_model_card_records_the_phantom_knobs_it_was_trained_on(tmp_path):
+    from medseg.data import find_cases
+    from medseg.domain import describe_training_data, training_data_of
+
+    root = make_dataset(tmp_path / "ds", [1, 2, 3, 4], shape=(48, 48, 8), varied=True)
+    cases, meta = find_cases(root)
+    data = training_data_of(cases[:3], cases[3:], "CT", meta, "ds")
+    knobs = data["phantom_styles"]
+    trained = [seeded_style(s) for s in (1, 2, 3)]
+    assert knobs["cases"] == 3 and knobs["phase"] == sorted({s.phase for s in trained})
+    assert knobs["thickness_mm"] == [min(s.thickness_mm for s in trained), max(s.thickness_mm for s in trained)]
+    assert knobs["table"] == sum(s.table for s in trained) and data["body_region"] == "abdomen"
+    assert all(p in data["phase"] for p in knobs["phase"])
+
+    from medseg.bundle import ModelCard
+
+    card = ModelCard(name="m", labels=dict(LABELS), modality="CT", training_data=data)
+    assert "abdomen" in describe_training_data(card) and "portal-venous" in describe_training_data(card)
