@@ -25,7 +25,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from .phantom_domain import PHASES, Extras, Style, render_outside, style_extras, vessel_mask
+from .phantom_domain import (
+    FIELDS,
+    PHASES,
+    Extras,
+    Style,
+    render_chest,
+    render_outside,
+    render_pelvis,
+    style_extras,
+    vessel_mask,
+)
 
 if TYPE_CHECKING:
     from .io import Scan
@@ -450,12 +460,28 @@ def _render_slice(
         render_outside(extras, xs, ys, hu, an.hu["muscle"], an.hu["fat"])
     blocked, sx0 = _render_spine(an, xs, ys, z, hu, muscle_out)
     canvas = _Canvas(xs, ys, z, k, hu, np.zeros((xs.size, ys.size), dtype=np.uint8), cavity & ~blocked)
+    if extras is not None:
+        render_pelvis(extras, xs, ys, z, hu, canvas.free)
     _render_organs(an, canvas, windows, sx0)
+    if extras is not None:
+        render_chest(extras, xs, ys, z, hu, canvas.free)
     if extras is not None and extras.vessels:
         for kind in ("portal", "hepatic"):  # veins inside the liver: liver in the labels, as in LiTS and TotalSegmentator
             m = vessel_mask(extras, kind, xs, ys, z) & (canvas.lab == _LIVER)
             hu[m] = an.hu[kind]
     return hu, canvas.lab
+
+
+def _anchors(an: _Anatomy) -> dict[str, float]:
+    """Where a style's chest and pelvis attach: the liver dome's z, the kidneys' lowest z, the spine's y."""
+    def top(b: _Blob) -> float:
+        return float(b.centre[2] + b.half_extent()[2] - b.warp.bound - 1.0)
+
+    def bottom(b: _Blob) -> float:
+        return float(b.centre[2] - b.half_extent()[2] + b.warp.bound + 1.0)
+
+    return {"dome": max(top(b) for b in an.liver), "kidney_low": min(bottom(an.kidney_r), bottom(an.kidney_l)),
+            "vb_y": float(an.vb[0])}
 
 
 def _thickness_offsets(thickness: float | None) -> np.ndarray:
@@ -662,6 +688,8 @@ def _grid(
     shape: tuple[int, int, int] | None,
     spacing: tuple[float, float, float] | None,
     fov: float = _FOV_INPLANE_MM,
+    extend: tuple[float, float] = (0.0, 0.0),
+    inplane_mm: float | None = None,
 ) -> tuple[tuple[int, int, int], tuple[float, float, float], np.ndarray, np.ndarray]:
     """Shape, spacing, RAS origin of voxel (0,0,0) and RAS position of the anatomy."""
     # Always draw everything, in one order, so the world placement does not depend on
@@ -676,9 +704,13 @@ def _grid(
         return max(2, 2 * int(round(fov / s / 2.0)))
 
     if spacing is None and shape is None:
+        inplane = inplane_mm if inplane_mm is not None else inplane
         spacing = (inplane, inplane, thick)
     if shape is None:
         assert spacing is not None
+        fov_z += extend[0] + extend[1]  # a longer field of view: more slices, the anatomy where it was
+        centre[2] += 0.5 * (extend[1] - extend[0])
+        jitter[2] -= 0.5 * (extend[1] - extend[0])
         nz = max(1, int(round(fov_z / spacing[2])))
         shape = (inplane_size(spacing[0]), inplane_size(spacing[1]), nz)
     if spacing is None:
@@ -730,12 +762,12 @@ def make_phantom(
     style = style if style is not None else Style()
     geo_ss, anat_ss, noise_ss = np.random.SeedSequence(seed).spawn(3)
     fov = 500.0 if style.arms == "beside" else _FOV_INPLANE_MM
-    shape, spacing, origin, anatomy_pos = _grid(np.random.default_rng(geo_ss), shape, spacing, fov)
+    shape, spacing, origin, anatomy_pos = _grid(np.random.default_rng(geo_ss), shape, spacing, fov, FIELDS[style.field], style.inplane_mm)
     anat_rng = np.random.default_rng(anat_ss)
     an = _place_tumour(_sample_anatomy(anat_rng), anat_rng)
     extras = None
     if style != Style():
-        extras = style_extras(style, an.hu, (an.body_a, an.body_b), an.liver, seed)
+        extras = style_extras(style, an.hu, (an.body_a, an.body_b), an.liver, seed, _anchors(an))
         an = replace(an, hu=extras.hu)
     noise_rng = np.random.default_rng(noise_ss)
 

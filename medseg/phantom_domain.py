@@ -22,6 +22,8 @@ import numpy as np
 PHASES = ("non-contrast", "arterial", "portal-venous", "delayed")
 NOISE_LEVELS: dict[str, tuple[float, float]] = {"low": (5.0, 10.0), "standard": (10.0, 15.0), "high": (18.0, 30.0)}
 ARMS = ("raised", "beside")
+# Fields of view along z, and how far each extends the abdomen's (mm below, mm above).
+FIELDS = {"abdomen": (0.0, 0.0), "chest-abdomen": (0.0, 110.0), "abdomen-pelvis": (190.0, 0.0)}
 
 # Ranges (HU) drawn per case; "medulla_drop" is how far the medulla sits below the cortex.
 _PHASE_HU: dict[str, dict[str, tuple[float, float]]] = {
@@ -43,7 +45,10 @@ _ENHANCING = ("liver", "spleen", "cortex", "tumour", "aorta", "portal", "hepatic
 class Style:
     """The knobs of a phantom. ``thickness_mm``: reconstructed slice thickness, the image averaged
     over it along z (partial volume); None samples each slice at its centre. ``arms``: raised
-    (out of the field of view) or beside the body (the field of view widens to 500 mm)."""
+    (out of the field of view) or beside the body (the field of view widens to 500 mm). ``field``:
+    the abdomen alone, or with the lung bases and heart above it (chest-abdomen, +110 mm), or with
+    the pelvis below it (abdomen-pelvis, +190 mm: iliac wings, sacrum, femoral heads, bladder).
+    ``inplane_mm``: the in-plane voxel size of a seeded grid (None: drawn, 1.2-1.8 mm)."""
 
     phase: str = "portal-venous"
     noise: str = "standard"
@@ -51,17 +56,22 @@ class Style:
     arms: str = "raised"
     table: bool = False
     liver_vessels: bool = False
+    field: str = "abdomen"
+    inplane_mm: float | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
             raise ValueError(f"phase {self.phase!r}: expected one of {', '.join(PHASES)}")
         if self.noise not in NOISE_LEVELS:
             raise ValueError(f"noise {self.noise!r}: expected one of {', '.join(NOISE_LEVELS)}")
+        if self.field not in FIELDS:
+            raise ValueError(f"field {self.field!r}: expected one of {', '.join(FIELDS)}")
         if self.arms not in ARMS:
             raise ValueError(f"arms {self.arms!r}: expected one of {', '.join(ARMS)}")
-        t = self.thickness_mm
-        if t is not None and not (isinstance(t, (int, float)) and np.isfinite(t) and 0.0 < t <= 10.0):
-            raise ValueError(f"thickness_mm {t!r}: expected a number of mm in (0, 10], or None")
+        for name in ("thickness_mm", "inplane_mm"):
+            t = getattr(self, name)
+            if t is not None and not (isinstance(t, (int, float)) and np.isfinite(t) and 0.0 < t <= 10.0):
+                raise ValueError(f"{name} {t!r}: expected a number of mm in (0, 10], or None")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +89,8 @@ def seeded_style(seed: int) -> Style:
         arms="beside" if rng.random() < 0.4 else "raised",
         table=bool(rng.random() < 0.7),
         liver_vessels=True,
+        field=str(rng.choice(list(FIELDS), p=[0.4, 0.25, 0.35])),
+        inplane_mm=[None, round(float(rng.uniform(0.8, 1.2)), 3), 3.0][int(rng.choice(3, p=[0.6, 0.25, 0.15]))],
     )
 
 
@@ -90,6 +102,8 @@ class Extras:
     arms: tuple[tuple[float, ...], ...] = ()  # per arm: centre x, centre y, semi x, semi y, fat, bone r, cortex, marrow HU, bone HU
     table: tuple[float, ...] | None = None  # y of the top at x = 0, radius of curvature, half width, shell, core, shell HU, core HU
     vessels: tuple[tuple[np.ndarray, np.ndarray, float, str], ...] = field(default_factory=tuple)  # (p0, p1, radius, kind)
+    chest: tuple[float, ...] | None = None  # dome z, dome radius, heart x, y, semi x, semi y, lung HU, blood HU
+    pelvis: tuple[float, ...] | None = None  # crest z, spine y, front y, bladder HU, bone HU, marrow HU, femur x
 
 
 def style_hu(hu: dict[str, float], style: Style, rng: np.random.Generator) -> dict[str, float]:
@@ -113,15 +127,26 @@ def style_hu(hu: dict[str, float], style: Style, rng: np.random.Generator) -> di
     return out
 
 
-def style_extras(style: Style, hu: dict[str, float], body: tuple[float, float], liver, seed: int) -> Extras:
+def style_extras(style: Style, hu: dict[str, float], body: tuple[float, float], liver, seed: int,
+                 anchors: dict[str, float]) -> Extras:
     """The drawn extras of ``style`` for a phantom with skin semi-axes ``body`` (mm) and liver
-    lobes ``liver`` (medseg.phantom's blobs), from a generator of its own seeded by ``seed``."""
+    lobes ``liver`` (medseg.phantom's blobs), from a generator of its own seeded by ``seed``.
+    ``anchors``: the liver dome's z, the kidneys' lowest z, the vertebral body's y (body frame, mm)."""
     rng = np.random.default_rng([int(seed), 16])
     hu = style_hu(hu, style, rng)
     arms = _draw_arms(rng, body) if style.arms == "beside" else ()
     table = _draw_table(rng, body[1]) if style.table else None
     vessels = _draw_vessels(rng, liver) if style.liver_vessels else ()
-    return Extras(hu=hu, arms=arms, table=table, vessels=vessels)
+    u = rng.uniform
+    chest = pelvis = None
+    if style.field == "chest-abdomen":
+        chest = (anchors["dome"] + u(-5.0, 5.0), u(90.0, 140.0), u(-45.0, -25.0), u(10.0, 35.0), u(50.0, 65.0),
+                 u(40.0, 50.0), u(-880.0, -820.0), hu["aorta"])
+    if style.field == "abdomen-pelvis":
+        excreted = style.phase == "delayed" and rng.random() < 0.5
+        pelvis = (anchors["kidney_low"] - u(15.0, 35.0), anchors["vb_y"], body[1] * u(0.75, 0.85),
+                  u(300.0, 700.0) if excreted else u(0.0, 15.0), u(650.0, 900.0), u(150.0, 280.0), u(85.0, 100.0))
+    return Extras(hu=hu, arms=arms, table=table, vessels=vessels, chest=chest, pelvis=pelvis)
 
 
 def _draw_arms(rng: np.random.Generator, body: tuple[float, float]) -> tuple[tuple[float, ...], ...]:
@@ -208,3 +233,58 @@ def vessel_mask(ex: Extras, kind: str, xs: np.ndarray, ys: np.ndarray, z: float)
         d2 = (px - t * seg[0]) ** 2 + (py - t * seg[1]) ** 2 + (pz - t * seg[2]) ** 2
         mask[i[0] : i[-1] + 1, j[0] : j[-1] + 1] |= d2 < r * r
     return mask
+
+
+def _inside(xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, a: float, b: float, angle: float = 0.0) -> np.ndarray:
+    """Inside an ellipse (semi-axes a, b) turned by ``angle`` radians, on the grid xs by ys."""
+    dx, dy = (xs - cx)[:, None], (ys - cy)[None, :]
+    c, s = np.cos(angle), np.sin(angle)
+    return ((c * dx + s * dy) / a) ** 2 + ((-s * dx + c * dy) / b) ** 2 < 1.0
+
+
+def render_chest(ex: Extras, xs: np.ndarray, ys: np.ndarray, z: float, hu: np.ndarray, free: np.ndarray) -> None:
+    """Lung bases above the diaphragm (a dome, lowest at the sides and back) and the heart over the
+    liver's left lobe, only where ``free``; they are then not free."""
+    if ex.chest is None:
+        return
+    dome, radius, hx, hy, ha, hb, lung_hu, blood = ex.chest
+    if z > dome - 12.0:
+        heart = _inside(xs, ys, hx, hy, ha, hb) & free & (z < dome + 120.0)
+        hu[heart] = blood
+        free &= ~heart
+    surface = dome - (xs[:, None] ** 2 + (ys[None, :] + 40.0) ** 2) / (2.0 * radius)
+    lung = free & (z > surface)
+    hu[lung] = lung_hu
+    free &= ~lung
+
+
+def render_pelvis(ex: Extras, xs: np.ndarray, ys: np.ndarray, z: float, hu: np.ndarray, free: np.ndarray) -> None:
+    """Iliac wings, sacrum, femoral heads and the bladder below the iliac crest (unlabelled)."""
+    if ex.pelvis is None:
+        return
+    crest, vb_y, front, bladder_hu, bone, marrow, femur_x = ex.pelvis
+    t = crest - z  # mm below the crest
+    if t < 0.0:
+        return
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    if t < 120.0:
+        for side in (-1.0, 1.0):  # the wings: plates turned outwards, moving in and forwards lower down
+            cx, cy = side * (100.0 - 0.3 * t), vb_y - 5.0 + 0.25 * t
+            a = 45.0 - 0.15 * t
+            parts.append((_inside(xs, ys, cx, cy, a, 9.0, side * 0.6), _inside(xs, ys, cx, cy, a - 3.0, 6.0, side * 0.6)))
+    if 15.0 < t < 140.0:
+        w = 42.0 - 0.15 * t
+        parts.append((_inside(xs, ys, 0.0, vb_y - 8.0, w, 20.0), _inside(xs, ys, 0.0, vb_y - 8.0, w - 3.0, 17.0)))
+    if 125.0 < t < 180.0:
+        r = 24.0 * np.sqrt(max(0.0, 1.0 - ((t - 152.0) / 28.0) ** 2))
+        for side in (-1.0, 1.0):
+            parts.append((_inside(xs, ys, side * femur_x, vb_y + 45.0, r, r), _inside(xs, ys, side * femur_x, vb_y + 45.0, r - 3.0, r - 3.0)))
+    for outer, inner in parts:
+        hu[outer & free] = bone
+        hu[inner & free] = marrow
+    if 100.0 < t < 190.0:
+        k = np.sin(np.pi * (t - 100.0) / 90.0)
+        bladder = _inside(xs, ys, 0.0, front - 45.0, 50.0 * k + 1.0, 38.0 * k + 1.0) & free
+        hu[bladder] = bladder_hu
+    for outer, _ in parts:
+        free &= ~outer

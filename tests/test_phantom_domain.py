@@ -165,3 +165,37 @@ def test_the_model_card_records_the_phantom_knobs_it_was_trained_on(tmp_path):
 
     card = ModelCard(name="m", labels=dict(LABELS), modality="CT", training_data=data)
     assert "abdomen" in describe_training_data(card) and "portal-venous" in describe_training_data(card)
+
+
+def test_fields_of_view_add_lung_bases_above_and_a_pelvis_below_keeping_the_abdomen():
+    spacing = (6.0, 6.0, 6.0)
+    abdomen = make_phantom(13, spacing=spacing, style=Style(phase="delayed"))
+    chest = make_phantom(13, spacing=spacing, style=Style(phase="delayed", field="chest-abdomen"))
+    pelvis = make_phantom(13, spacing=spacing, style=Style(phase="delayed", field="abdomen-pelvis"))
+    nz = abdomen.image.shape[2]
+    assert chest.image.shape[2] > nz + 10 and pelvis.image.shape[2] > nz + 20
+    # the same organs at the same world positions: labels are unchanged where the grids overlap
+
+    def organ_centre(ph, label):
+        ijk = np.argwhere(ph.labels == label).mean(axis=0)
+        return (ph.affine @ np.append(ijk, 1.0))[:3]
+
+    for label in (LIVER, SPLEEN, KID_R):
+        np.testing.assert_allclose(organ_centre(chest, label), organ_centre(abdomen, label), atol=2.0)
+        np.testing.assert_allclose(organ_centre(pelvis, label), organ_centre(abdomen, label), atol=2.0)
+    top = chest.image[:, :, -5:]  # above the dome: air-filled lung inside the body, no organ label
+    assert ((top > -900) & (top < -700)).mean() > 0.05 and not chest.labels[:, :, -5:].any()
+    bottom = pelvis.image[:, :, :25]  # below the kidneys: pelvic bone, no organ label
+    assert (bottom > 600).sum() > 30 and not pelvis.labels[:, :, :5].any()
+    assert Style(field="abdomen-pelvis") != Style()
+    with pytest.raises(ValueError, match="field"):
+        Style(field="head")
+
+
+def test_inplane_spacing_knob_sets_a_seeded_grid_only():
+    fine = make_phantom(14, style=Style(phase="non-contrast", inplane_mm=3.0))
+    assert fine.spacing[:2] == pytest.approx((3.0, 3.0)) and fine.image.shape[0] == fine.image.shape[1] == 126
+    given = make_phantom(14, shape=(40, 40, 10), style=Style(phase="non-contrast", inplane_mm=3.0))
+    assert given.image.shape == (40, 40, 10)  # a caller's grid wins
+    with pytest.raises(ValueError, match="inplane_mm"):
+        Style(inplane_mm=-1.0)
