@@ -62,6 +62,8 @@ eval: setup
 	$(BIN)/medseg phantom runs/unseen --seeds $(UNSEEN_SEEDS) --overwrite
 	$(BIN)/medseg evaluate --model medseg/resources/model --dataset runs/unseen -o runs/unseen-eval --device cpu
 	$(BIN)/python docs/eval_table.py runs/unseen-eval/evaluation.json --readme README.md
+	$(BIN)/python docs/eval_phases.py --model medseg/resources/model --seeds $(UNSEEN_SEEDS) --work runs/phases
+	$(BIN)/python docs/real_overlays.py --model medseg/resources/model --out docs/real_ct
 
 wheel: setup
 	rm -rf build  # stale modules there would end up in the wheel

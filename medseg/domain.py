@@ -12,7 +12,10 @@ model card and returns one line per problem, each naming the scan file:
   :func:`medseg.intensity.check_scan_intensities`, which compares with the card's ``intensity_range``;
 - **field of view**: the scan's physical extent along R-L, A-P or I-S far outside the
   ``training_data.field_of_view_mm`` range (a head, a thin slab, a whole-body scan);
-- **voxel spacing**: far outside ``training_data.spacing_mm``.
+- **voxel spacing**: far outside ``training_data.spacing_mm``;
+- **contrast phase**: a series description that names a phase (:func:`described_phase`: "NC",
+  "arterial", "portal venous", "delayed", ...) the card's training data did not cover
+  (``training_data.phantom_styles.phase`` or ``training_data.phase``).
 
 Cards without ``training_data`` get the modality and intensity checks only. Nothing here copies
 the volume: geometry comes from the affine, values from the strided samples of medseg.intensity.
@@ -75,7 +78,47 @@ def domain_warnings(scan, card: ModelCard) -> list[str]:
     ):
         if key in data:
             warnings += _range_warnings(where, card, what, values, data[key], factor)
-    return warnings
+    return warnings + _phase_warnings(scan, card)
+
+
+# Words a series description uses for each contrast phase (DICOM SeriesDescription, any case).
+_PHASE_PHRASES = {
+    "non-contrast": ("non-contrast", "noncontrast", "non contrast", "without contrast", "w/o contrast", "unenhanced",
+                     "native", "nativ", "plain", "nc", "sin contraste", "ohne km"),
+    "arterial": ("arterial", "arteriell", "art", "cta", "angio"),
+    "portal-venous": ("portal", "portal venous", "portal-venous", "venous", "pv", "pvp", "ven"),
+    "delayed": ("delayed", "delay", "late", "excretory", "urographic", "nephrographic"),
+}
+
+
+def described_phase(text: str) -> str | None:
+    """The contrast phase a series description names (one of medseg.phantom_domain.PHASES), or None
+    when it names none or several."""
+    low = f" {' '.join(text.lower().replace('_', ' ').split())} "
+    words = set(low.split())
+    hits = {phase for phase, phrases in _PHASE_PHRASES.items()
+            if any((f" {p} " in low) if " " in p else (p in words) for p in phrases)}
+    if "non-contrast" in hits:  # "non contrast venous" and the like: the negation decides
+        return "non-contrast"
+    return next(iter(hits)) if len(hits) == 1 else None
+
+
+def trained_phases(card: ModelCard) -> list[str]:
+    """The contrast phases the card's training data covered ([] when it does not say)."""
+    data = card.training_data or {}
+    styles = data.get("phantom_styles")
+    if isinstance(styles, dict) and isinstance(styles.get("phase"), list):
+        return [str(p) for p in styles["phase"]]
+    text = data.get("phase")
+    return [p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str) else []
+
+
+def _phase_warnings(scan, card: ModelCard) -> list[str]:
+    have, trained = described_phase(getattr(scan, "description", "") or ""), trained_phases(card)
+    if have is None or not trained or have in trained:
+        return []
+    return [f"{scan.source}: the series description '{scan.description}' says {have}, but the model '{card.name}' "
+            f"was trained on {', '.join(trained)} CT only; the result may be wrong"]
 
 
 def _modality_warnings(scan, card: ModelCard) -> list[str]:

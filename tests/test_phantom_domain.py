@@ -199,3 +199,36 @@ def test_inplane_spacing_knob_sets_a_seeded_grid_only():
     assert given.image.shape == (40, 40, 10)  # a caller's grid wins
     with pytest.raises(ValueError, match="inplane_mm"):
         Style(inplane_mm=-1.0)
+
+
+@pytest.mark.parametrize("text,phase", [
+    ("CT ABDOMEN NC 5mm", "non-contrast"), ("Abd/Pelvis w/o contrast", "non-contrast"), ("NATIVE 3.0 B30f", "non-contrast"),
+    ("Arterial Phase 1.0", "arterial"), ("PORTAL VENOUS 2mm", "portal-venous"), ("ABD PV 5.0", "portal-venous"),
+    ("Delayed 5 min", "delayed"), ("non contrast venous", "non-contrast"), ("Body 1.0 CE", None),
+    ("arterial and portal venous", None), ("", None), ("advanced", None),
+])
+def test_series_descriptions_name_their_phase(text, phase):
+    from medseg.domain import described_phase
+
+    assert described_phase(text) == phase
+
+
+def test_the_domain_check_warns_for_a_phase_the_model_never_saw(tmp_path):
+    from medseg.bundle import ModelCard
+    from medseg.domain import domain_warnings, trained_phases
+    from medseg.io import Scan
+
+    ph = make_phantom(3, shape=(48, 48, 8))
+    pv_only = ModelCard(name="pv", labels=dict(LABELS), modality="CT",
+                        training_data={"phantom_styles": {"phase": ["portal-venous"]}})
+    every = ModelCard(name="all", labels=dict(LABELS), modality="CT",
+                      training_data={"phase": "non-contrast, arterial, portal-venous, delayed"})
+    assert trained_phases(every) == list(PHASES) and trained_phases(ModelCard(name="x", labels=dict(LABELS), modality="CT")) == []
+
+    def warnings(description, card):
+        scan = Scan(ph.image, ph.affine, source=tmp_path / "ct", modality="CT", description=description)
+        return [w for w in domain_warnings(scan, card) if "series description" in w]
+
+    assert len(warnings("ABDOMEN NC 3mm", pv_only)) == 1 and "non-contrast" in warnings("ABDOMEN NC 3mm", pv_only)[0]
+    assert warnings("ABDOMEN NC 3mm", every) == [] and warnings("PORTAL VENOUS", pv_only) == []
+    assert warnings("Body 1.0", pv_only) == []
