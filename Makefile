@@ -46,7 +46,7 @@ sample-data: setup
 # Regenerate the bundled model (about 75 min on 2 CPU cores): 72 phantoms, one training command;
 # the best bundle (by validation Dice) becomes the default model, packaged in medseg/resources/model.
 phantoms: setup
-	$(BIN)/medseg phantom runs/phantoms72 --seeds 100-171
+	$(BIN)/medseg phantom runs/phantoms72 --seeds 100-171 --varied
 
 model: phantoms
 	$(BIN)/medseg train runs/phantoms72 -o runs/bundled --epochs 60 --steps-per-epoch 60 --crop 128 --loss ce+dice --seed 0 --name medseg-phantom-abdomen-ct

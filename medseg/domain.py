@@ -1,8 +1,8 @@
 """Is this scan inside the model's domain? Warnings before (and after) segmenting, and what the
 model card says the model was trained on.
 
-A model only knows the data it was trained on: the bundled one has seen synthetic
-portal-venous abdominal CT and nothing else. :func:`domain_warnings` compares a scan with its
+A model only knows the data it was trained on: the bundled one has seen synthetic abdominal
+CT phantoms (four contrast phases, lung bases to pelvis) and nothing else. :func:`domain_warnings` compares a scan with its
 model card and returns one line per problem, each naming the scan file:
 
 - **modality**: a scan whose modality is known (DICOM) and differs from the card's; a scan of

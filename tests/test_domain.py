@@ -89,21 +89,22 @@ def test_thin_slab_and_whole_body_warn_about_field_of_view(card, sample):
     slab = _like(sample, sample.array[:, :, :7], name="slab.nii.gz")  # 7 x 4.5 = 31.5 mm
     [warning] = domain_warnings(slab, card)
     assert warning.startswith(f"{slab.source}: field of view 370 x 370 x 32 mm")
-    assert "far smaller along inferior-superior" in warning and "198-242" in warning
+    lo, hi = card.training_data["field_of_view_mm"]["min"][2], card.training_data["field_of_view_mm"]["max"][2]
+    assert "far smaller along inferior-superior" in warning and f"{lo:.0f}-{hi:.0f}" in warning
     body = _like(sample, np.concatenate([sample.array] * 6, axis=2), name="body.nii.gz")  # 1296 mm
     [warning] = domain_warnings(body, card)
     assert "far larger along inferior-superior" in warning and "1296" in warning
     head = _like(sample, sample.array[40:140, 40:140], name="head.nii.gz")  # 210 x 210 mm in-plane
     [warning] = domain_warnings(head, card)
     assert "far smaller along right-left, anterior-posterior than" in warning
-    wide = _like(sample, sample.array, spacing=(3.6, 3.6, 4.5), name="wide.nii.gz")  # 634 mm in-plane
+    wide = _like(sample, sample.array, spacing=(6.0, 6.0, 4.5), name="wide.nii.gz")  # 1056 mm in-plane
     assert "far larger along right-left, anterior-posterior" in domain_warnings(wide, card)[0]
 
 
 def test_far_outside_spacing_warns(card, sample):
-    coarse = _like(sample, sample.array[::3, ::3], spacing=(6.3, 6.3, 4.5), name="coarse.nii.gz")
-    [warning] = domain_warnings(coarse, card)  # 372 mm field of view: only the spacing is off
-    assert "voxel spacing 6.3 x 6.3 x 4.5 mm" in warning and "far larger along right-left" in warning
+    coarse = _like(sample, sample.array[::6, ::6], spacing=(12.6, 12.6, 4.5), name="coarse.nii.gz")
+    [warning] = domain_warnings(coarse, card)  # 378 mm field of view: only the spacing is off
+    assert "voxel spacing 13 x 13 x 4.5 mm" in warning and "far larger along right-left" in warning
     fine_z = _like(sample, sample.array, spacing=(2.1, 2.1, 0.5), name="thin.nii.gz")
     assert any("voxel spacing" in w and "far smaller along inferior-superior" in w
                for w in domain_warnings(fine_z, card))
@@ -125,7 +126,8 @@ def test_card_without_training_data(card, sample):
     mr = _like(sample, _mr_like(sample.array), name="mr_like.nii.gz")
     assert any("not look like CT" in w for w in domain_warnings(mr, bare))
     text = describe_training_data(bare)
-    assert "does not say what it was trained on" in text and "-1024 to 438 HU" in text
+    lo, hi = card.intensity_range
+    assert "does not say what it was trained on" in text and f"{lo:.0f} to {hi:.0f} HU" in text
     # an older card file without the field still loads
     data = json.loads((default_bundle_path() / "model.json").read_text())
     del data["training_data"]
@@ -170,22 +172,31 @@ def test_training_data_not_an_object_is_refused():
 def test_bundled_card_says_what_it_was_trained_on(card):
     card.validate()
     data = card.training_data
-    assert data["modality"] == "CT" and data["body_region"] == "abdomen" and data["phase"] == "portal venous"
+    assert data["modality"] == "CT" and data["body_region"] == "abdomen"
+    assert data["phase"] == "non-contrast, arterial, portal-venous, delayed"
+    assert sorted(data["phantom_styles"]["phase"]) == sorted(["non-contrast", "arterial", "portal-venous", "delayed"])
     assert data["cases"] == len(card.training["train_cases"]) == 70
     assert data["validation_cases"] == len(card.training["val_cases"]) == 2
     text = describe_training_data(card)
     assert "Trained on 70 cases" in text and "CT" in text and "abdomen" in text
-    assert "378-382 x 378-382 x 198-242 mm" in text and "-1024 to 438 HU" in text
+    fov = data["field_of_view_mm"]
+    assert f"{fov['min'][2]:.0f}-{fov['max'][2]:.0f} mm" in text and f"{card.intensity_range[1]:.0f} HU" in text
+    assert "non-contrast, arterial, portal-venous, delayed" in text
 
 
 def test_bundled_ranges_are_those_of_the_training_phantoms(card):
     """The card's field of view and spacing ranges are the phantoms' seeded grids (computed without rendering)."""
     from medseg import phantom
+    from medseg.phantom_domain import FIELDS, seeded_style
 
     extents, spacings = [], []
     for name in card.training["train_cases"]:
-        geo, _, _ = np.random.SeedSequence(int(name.split("_")[1])).spawn(3)
-        shape, spacing, _, _ = phantom._grid(np.random.default_rng(geo), None, None)
+        seed = int(name.split("_")[1])
+        style = seeded_style(seed)
+        geo, _, _ = np.random.SeedSequence(seed).spawn(3)
+        fov = 500.0 if style.arms == "beside" else 380.0
+        shape, spacing, _, _ = phantom._grid(np.random.default_rng(geo), None, None, fov, FIELDS[style.field],
+                                             style.inplane_mm)
         extents.append(np.multiply(shape, spacing))
         spacings.append(spacing)
     data = card.training_data
