@@ -743,8 +743,10 @@ def make_phantom(
     """Render the phantom for ``seed``.
 
     ``style`` (:class:`~medseg.phantom_domain.Style`) sets the contrast phase, noise level, slice
-    thickness, arms, table and liver veins; the default is the portal-venous phantom, and a style
-    never changes the seed's anatomy or grid (except a wider field of view for arms beside the body).
+    thickness, in-plane spacing, arms, table, liver veins and field of view along z; the default is
+    the portal-venous phantom. A style never moves the seed's anatomy in world mm; it changes a
+    seeded grid only by its in-plane spacing, a 500 mm field of view for arms beside the body, and
+    the slices a chest or pelvis adds.
 
     With neither ``shape`` nor ``spacing`` the grid is seeded: in-plane spacing in
     [1.2, 1.8] mm, slice spacing in [2.5, 5.0] mm, field of view ~380 mm in-plane and

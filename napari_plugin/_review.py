@@ -235,7 +235,9 @@ class ReviewPanel(QWidget):
 
     def state(self) -> dict:
         """What a restart must not lose: the scores and the slices reviewed, painted, filled and accepted."""
-        return {"uncertainty": [round(float(v), 5) for v in self.scores], "reviewed": sorted(self.reviewed),
+        # unrounded: a float survives JSON exactly, so the restored worst-first order is the same
+        # even where two slices' scores differ in the sixth decimal
+        return {"uncertainty": [float(v) for v in self.scores], "reviewed": sorted(self.reviewed),
                 "painted": sorted(self.painted), "filled": sorted(self.filled), "accepted": sorted(self.accepted)}
 
     def restore(self, corrected: Labels, state: dict) -> bool:
