@@ -1,6 +1,6 @@
 """Per-phase and per-spacing Dice of a model on unseen phantoms (``make eval``).
 
-    python docs/eval_phases.py [--model BUNDLE] [--seeds 1-8,2024,31337] [--work runs/phases]
+    python docs/eval_phases.py [--model BUNDLE] [--seeds 1,2,...,2024,31337] [--work runs/phases]
                                [--out docs/eval_phases.md]
 
 For each contrast phase, the seeds are rendered with their own seeded style
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.cli import _parse_seeds
 from medseg.evaluation import evaluate_model
 from medseg.io import atomic_write_text
 from medseg.phantom import make_dataset
@@ -28,14 +29,6 @@ from medseg.phantom_domain import PHASES, seeded_style
 ROOT = Path(__file__).resolve().parents[1]
 THICKNESS = (("<= 1.5 mm", 0.0, 1.5), ("1.5-3 mm", 1.5, 3.0), ("3-5 mm", 3.0, 5.01))
 INPLANE = (("0.8-1.2 mm", 0.0, 1.21), ("1.2-1.8 mm", 1.21, 2.0), ("3 mm", 2.0, 9.0))
-
-
-def _seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    return out
 
 
 def score(model: Path | None, seeds: list[int], work: Path) -> list[dict]:
@@ -48,17 +41,19 @@ def score(model: Path | None, seeds: list[int], work: Path) -> list[dict]:
         result = evaluate_model(model or default_bundle_path(), ds, hd95=False)
         for failure in result.failures:
             print(f"{phase}: {failure['case']}: {failure['error']}")
+        grids = {case: _grid_of(ds, case) for case in result.cases}
         for r in result.rows:
-            seed = int(r["case"].split("_")[-1])
-            style = seeded_style(seed)
-            inplane = style.inplane_mm
-            if inplane is None:  # the grid's own draw: read it back from the written image
-                import nibabel as nib
-
-                inplane = float(nib.load(ds / "imagesTr" / f"{r['case']}_0000.nii.gz").header.get_zooms()[0])
-            rows.append({"phase": phase, "case": r["case"], "label": r["label"], "dice": r["dice"],
-                         "thickness_mm": style.thickness_mm, "inplane_mm": round(inplane, 3)})
+            rows.append({"phase": phase, "case": r["case"], "label": r["label"], "dice": r["dice"], **grids[r["case"]]})
     return rows
+
+
+def _grid_of(ds: Path, case: str) -> dict[str, float]:
+    """A case's slice thickness (its style's) and in-plane spacing (read back from its image header)."""
+    import nibabel as nib
+
+    style = seeded_style(int(case.split("_")[-1]))
+    inplane = float(nib.load(ds / "imagesTr" / f"{case}_0000.nii.gz").header.get_zooms()[0])
+    return {"thickness_mm": style.thickness_mm, "inplane_mm": round(inplane, 3)}
 
 
 def _mean(values: list[float]) -> float:
@@ -95,11 +90,11 @@ def tables(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="model bundle (default: the packaged one)")
-    ap.add_argument("--seeds", default="1-8,2024,31337")
+    ap.add_argument("--seeds", default="1,2,3,4,5,6,7,8,2024,31337", help="a range 1-8 or a list 1,2,5")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "phases")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "eval_phases.md")
     args = ap.parse_args(argv)
-    rows = score(args.model, _seeds(args.seeds), args.work)
+    rows = score(args.model, _parse_seeds(args.seeds), args.work)
     text = tables(rows)
     print(text)
     atomic_write_text(args.out, text)
