@@ -36,7 +36,9 @@ class ModelCard:
     ``labels`` maps label name -> value written in masks (``background`` is 0). The network's
     output class ``c`` is the ``c``-th smallest label value. Slices are taken along the third
     axis after reorienting the scan to ``orientation`` (RAS: axial slices), resampled in-plane
-    to ``spacing`` mm. ``context_slices`` neighbours on each side are extra input channels.
+    to ``spacing`` mm. ``context_slices`` neighbours on each side are extra input channels,
+    taken ``context_mm`` apart (the nearest slice, at least the next one; None: the next slice,
+    whatever the slice spacing), so that 0.5 mm and 5 mm slices give the network comparable context.
     """
 
     name: str
@@ -48,6 +50,7 @@ class ModelCard:
     spacing: list[float] = field(default_factory=lambda: [2.0, 2.0])
     slice_size: list[int] | None = None
     context_slices: int = 0
+    context_mm: float | None = None
     orientation: str = "RAS"
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -75,6 +78,12 @@ class ModelCard:
     @property
     def in_channels(self) -> int:
         return 2 * self.context_slices + 1
+
+    def context_step(self, slice_mm: float) -> int:
+        """Slices between context neighbours in a scan whose slices are ``slice_mm`` apart."""
+        from .slices import context_step
+
+        return context_step(self.context_mm, slice_mm)
 
     def validate(self, where: str | Path = "model card") -> None:
         """Check that the card is consistent; a one-line error naming ``where`` and the field."""
@@ -125,6 +134,8 @@ def _card_problems(card: ModelCard) -> list[str]:
         problems.append(f"field 'modality': {card.modality!r} is not CT or MR")
     if card.context_slices < 0 or card.context_slices > 16:
         problems.append(f"field 'context_slices': {card.context_slices} is not 0..16")
+    if card.context_mm is not None and not (finite_number(card.context_mm) and 0 < card.context_mm <= 50):
+        problems.append(f"field 'context_mm': {card.context_mm!r} is not a distance in (0, 50] mm")
     if card.arch_kwargs.get("in_channels", card.in_channels) != card.in_channels:
         problems.append(f"field 'arch_kwargs.in_channels': {card.arch_kwargs.get('in_channels')} != 2*context_slices+1")
     if card.arch_kwargs.get("num_classes", len(card.labels)) != len(card.labels):

@@ -269,6 +269,8 @@ def train(
                                           help="Keep the --init model's batch-norm statistics (fine-tuning on a few slices)."),
     width: int = typer.Option(_TRAIN.width, min=1, help="SegNet base width (64 = the paper's)."),
     context_slices: int = typer.Option(_TRAIN.context_slices, "--context", min=0, help="Neighbouring slices on each side as extra channels."),
+    context_mm: float = typer.Option(_TRAIN.context_mm or 0.0, "--context-mm", min=0.0, max=50.0,
+                                     help="How far apart (mm) the context slices are, whatever the slice spacing; 0: the next slice."),
     spacing: float = typer.Option(_TRAIN.spacing[0], help="In-plane training spacing (mm)."),
     crop: int = typer.Option(_TRAIN.crop, min=32, help="Training patch size (pixels)."),
     foreground_fraction: float = typer.Option(_TRAIN.foreground_fraction, min=0.0, max=1.0, help="Share of training slices drawn from slices with foreground."),
@@ -287,6 +289,7 @@ def train(
     cfg = TrainConfig(
         epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, optimizer=optimizer,
         schedule=schedule, loss=loss, class_weights=class_weights, width=width, context_slices=context_slices,
+        context_mm=context_mm or None,
         spacing=(spacing, spacing), crop=crop, foreground_fraction=foreground_fraction, augment=augment,
         flip_prob=flip_prob, val_cases=val_cases, hd95=hd95, amp=amp, seed=seed, device=device, name=name,
         init=str(init) if init else None, freeze_encoder=freeze_encoder, freeze_batchnorm=freeze_batchnorm,

@@ -40,6 +40,7 @@ class TrainConfig:
     class_weights: str = "none"  # none | sqrt-inverse (CE weighted by 1/sqrt(class frequency))
     width: int = 16
     context_slices: int = 1
+    context_mm: float | None = 3.0  # context neighbours ~3 mm away whatever the slice spacing; None: the next slice
     spacing: tuple[float, float] = (2.0, 2.0)
     crop: int = 160
     foreground_fraction: float = 0.7
@@ -105,7 +106,7 @@ class TrainConfig:
 _FIELD_KINDS = {
     "epochs": "int", "steps_per_epoch": "int", "batch_size": "int", "lr": "float?", "optimizer": "str",
     "schedule": "str", "weight_decay": "float", "loss": "str", "class_weights": "str", "width": "int",
-    "context_slices": "int", "spacing": "pair", "crop": "int", "foreground_fraction": "float", "augment": "bool",
+    "context_slices": "int", "context_mm": "float?", "spacing": "pair", "crop": "int", "foreground_fraction": "float", "augment": "bool",
     "rotate_deg": "float", "scale": "float", "flip_prob": "float", "intensity_jitter": "float", "val_cases": "int",
     "hd95": "bool", "seed": "int", "device": "str", "amp": "str", "channels_last": "bool", "name": "str",
     "modality": "str?", "init": "str?", "freeze_encoder": "bool", "freeze_batchnorm": "bool", "cache_workers": "int",
@@ -128,6 +129,7 @@ _RANGES = {
     "width": (1, None, "an integer >= 1"),
     "crop": (1, None, "an integer >= 1"),
     "context_slices": (0, 16, "an integer 0..16"),
+    "context_mm": (0.1, 50, "a distance in 0.1..50 mm"),
     "val_cases": (0, None, "an integer >= 0"),
     "seed": (0, 2**63 - 1, "an integer >= 0"),
     "cache_workers": (0, 256, "an integer 0..256"),
@@ -166,6 +168,8 @@ def _config_problem(cfg: "TrainConfig") -> tuple[str, object, str] | None:
                 return key, value, "two positive, finite in-plane sizes (mm)"
     for key, (low, high, what) in _RANGES.items():
         value = getattr(cfg, key)
+        if value is None:
+            continue
         if (low is not None and value < low) or (high is not None and value > high):
             return key, value, what
     if cfg.lr is not None and not cfg.lr > 0:

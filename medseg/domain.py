@@ -30,8 +30,10 @@ region pass and only scans of another kind warn):
   coverage to twice it (about 100-480 mm for the bundled model) is a partial or an extended
   abdomen, while a slab of a few centimetres or a whole body (1-2 m) is mostly something else;
 - spacing, factor 3: slices are resampled in-plane to the model's spacing, but detail below a
-  much coarser spacing is lost, and the neighbour slices used as context lie at the scan's own
-  slice spacing, so 3x finer or coarser than anything trained on changes what the network sees.
+  much coarser spacing is lost, and 3x finer or coarser than anything trained on changes what the
+  network sees. Along z, a card with ``context_mm`` takes its context slices about that far apart
+  whatever the slice spacing, so thin slices are judged by the distance between the slices the
+  network is given (0.5 mm slices, context 3 mm: every 6th slice, 3 mm), not by their own spacing.
 """
 
 from __future__ import annotations
@@ -72,12 +74,14 @@ def domain_warnings(scan, card: ModelCard) -> list[str]:
         warnings.append(str(exc))
     data = card.training_data or {}
     fov, spacing = canonical_extent(scan.affine, scan.shape)
-    for key, values, factor, what in (
-        ("field_of_view_mm", fov, FOV_FACTOR, "field of view"),
-        ("spacing_mm", spacing, (SPACING_FACTOR,) * 3, "voxel spacing"),
+    seen = spacing.copy()
+    seen[2] *= card.context_step(float(spacing[2]))  # the distance between the slices the network is given
+    for key, values, checked, factor, what in (
+        ("field_of_view_mm", fov, fov, FOV_FACTOR, "field of view"),
+        ("spacing_mm", spacing, seen, (SPACING_FACTOR,) * 3, "voxel spacing"),
     ):
         if key in data:
-            warnings += _range_warnings(where, card, what, values, data[key], factor)
+            warnings += _range_warnings(where, card, what, values, data[key], factor, checked)
     return warnings + _phase_warnings(scan, card)
 
 
@@ -142,11 +146,13 @@ def _modality_warnings(scan, card: ModelCard) -> list[str]:
 
 
 def _range_warnings(where: Path, card: ModelCard, what: str, values: np.ndarray, trained: dict,
-                    factor: tuple[float, ...]) -> list[str]:
-    """One line when any axis of ``values`` is far outside the ``trained`` min..max (by ``factor``)."""
+                    factor: tuple[float, ...], checked: np.ndarray | None = None) -> list[str]:
+    """One line when any axis of ``checked`` (default ``values``, which the line reports) is far
+    outside the ``trained`` min..max (by ``factor``)."""
     lows, highs = trained["min"], trained["max"]
-    small = [axis for axis, v, lo, f in zip(AXES, values, lows, factor) if v < lo / f]
-    large = [axis for axis, v, hi, f in zip(AXES, values, highs, factor) if v > hi * f]
+    checked = values if checked is None else checked
+    small = [axis for axis, v, lo, f in zip(AXES, checked, lows, factor) if v < lo / f]
+    large = [axis for axis, v, hi, f in zip(AXES, checked, highs, factor) if v > hi * f]
     if not small and not large:
         return []
     how = "; ".join(f"far {side} along {', '.join(axes)}" for side, axes in (("smaller", small), ("larger", large)) if axes)
@@ -253,7 +259,7 @@ def _style_summary(styles: list[dict[str, Any]]) -> dict[str, Any]:
     thick = [float(s["thickness_mm"]) for s in styles if isinstance(s.get("thickness_mm"), (int, float))]
     return {
         "cases": len(styles),
-        **{key: sorted({str(s.get(key)) for s in styles}) for key in ("phase", "noise", "arms")},
+        **{key: sorted({str(s.get(key)) for s in styles}) for key in ("phase", "noise", "arms", "field")},
         "thickness_mm": [min(thick), max(thick)] if thick else None,
-        **{key: sum(bool(s.get(key)) for s in styles) for key in ("table", "liver_vessels")},
+        **{key: sum(bool(s.get(key)) for s in styles) for key in ("table", "liver_vessels", "perirenal_fat", "bowel_gas")},
     }

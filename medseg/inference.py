@@ -105,15 +105,16 @@ def _scale(raw: torch.Tensor, low: float, high: float) -> torch.Tensor:
 
 
 def _model_input(
-    volume: np.ndarray, start: int, stop: int, intensity: tuple[float, float], size_in: tuple[int, int], context: int, device: torch.device
+    volume: np.ndarray, start: int, stop: int, intensity: tuple[float, float], size_in: tuple[int, int], context: int,
+    device: torch.device, step: int = 1,
 ) -> torch.Tensor:
     """Model input (stop - start, 2k+1, H', W') for slices ``start:stop`` of ``volume`` (X, Y, Z).
 
-    Each slice and its neighbours is read, scaled and resampled once, then stacked into 2k+1
-    channels per slice (neighbours clamped at the volume's ends).
+    Each slice and its neighbours (every ``step``-th slice) is read, scaled and resampled once, then
+    stacked into 2k+1 channels per slice (neighbours clamped at the volume's ends).
     """
     depth = volume.shape[2]
-    lo, hi = max(start - context, 0), min(stop + context, depth)
+    lo, hi = max(start - context * step, 0), min(stop + context * step, depth)
     # Where X runs fastest in memory (NIfTI's order), slices are read and resized as (Y, X), and only
     # the small result is transposed: copying 512 x 512 slices across the grain costs ~2x more.
     yx = abs(volume.strides[0]) < abs(volume.strides[1])
@@ -124,7 +125,7 @@ def _model_input(
     x = resize_slices(x[:, None], tuple(size_in[::-1]) if yx else size_in, "bilinear")[:, 0]
     if yx:
         x = x.transpose(1, 2)
-    channels = torch.from_numpy(context_indices(np.arange(start, stop), context, depth) - lo).to(device)
+    channels = torch.from_numpy(context_indices(np.arange(start, stop), context, depth, step) - lo).to(device)
     return x[channels].contiguous(memory_format=torch.channels_last)
 
 
@@ -200,6 +201,7 @@ def predict_volume(
     intensity: tuple[float, float],
     target_spacing: tuple[float, float],
     context: int = 0,
+    context_step: int = 1,
     label_values: list[int] | None = None,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
@@ -209,7 +211,7 @@ def predict_volume(
     """Label map (same shape as ``volume``) predicted slice by slice along the third axis.
 
     ``volume`` is (X, Y, Z) with in-plane voxel sizes ``spacing``; each batch of slices (with
-    ``context`` neighbours on each side as channels) is scaled from ``intensity`` to [0, 1],
+    ``context`` neighbours on each side, ``context_step`` slices apart, as channels) is scaled from ``intensity`` to [0, 1],
     resampled to ``target_spacing``, passed to ``predictor``, and its logits resampled back
     before the argmax. ``label_values[c]`` is written for class ``c`` (default: ``c``).
     ``uncertainty``, when given (length = number of slices), receives each slice's
@@ -227,7 +229,7 @@ def predict_volume(
     with torch.inference_mode(), autocast:
         for start in range(0, depth, batch_size):
             stop = min(start + batch_size, depth)
-            x = _model_input(volume, start, stop, intensity, size_in, context, device)
+            x = _model_input(volume, start, stop, intensity, size_in, context, device, context_step)
             logits = predictor(x).float()
             if uncertainty is not None:
                 uncertainty[start:stop] = slice_uncertainty(logits, target_spacing).cpu().numpy()
@@ -282,6 +284,7 @@ class LiveScan:
     intensity: tuple[float, float]
     size_in: tuple[int, int]
     to_display: np.ndarray
+    context_step: int = 1
 
     @property
     def depth(self) -> int:
@@ -386,6 +389,7 @@ class Predictor:
             intensity=intensity_range(view, card.preprocessing),
             target_spacing=tuple(card.spacing),
             context=card.context_slices,
+            context_step=card.context_step(float(spacing[2])),
             label_values=card.label_values,
             batch_size=self.batch_size,
             device=self.device,
@@ -413,6 +417,7 @@ class Predictor:
             intensity=intensity_range(view, card.preprocessing),
             size_in=target_size(view.shape[:2], spacing2, tuple(card.spacing)),
             to_display=to_display,
+            context_step=card.context_step(float(spacing[2])),
         )
 
     def _live(self, scan: Scan, cache: LiveScan | None) -> LiveScan:
@@ -440,7 +445,7 @@ class Predictor:
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else nullcontext()
         with torch.inference_mode(), autocast:
             x = _model_input(live.view, z, z + 1, live.intensity, live.size_in,
-                             card.context_slices, self.device)
+                             card.context_slices, self.device, live.context_step)
             logits = self.model(x).float()
             uncertainty = float(slice_uncertainty(logits, tuple(card.spacing))[0]) if score else None
             classes = _classes(logits, live.view.shape[:2], lut)[0].cpu().numpy()

@@ -16,6 +16,7 @@ and contrast reaching the renal pelvis in some patients.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,17 +29,27 @@ FIELDS = {"abdomen": (0.0, 0.0), "chest-abdomen": (0.0, 110.0), "abdomen-pelvis"
 # Ranges (HU) drawn per case; "medulla_drop" is how far the medulla sits below the cortex.
 _PHASE_HU: dict[str, dict[str, tuple[float, float]]] = {
     "non-contrast": {"liver": (50.0, 65.0), "spleen": (40.0, 52.0), "cortex": (28.0, 38.0), "medulla_drop": (0.0, 4.0),
-                     "tumour": (25.0, 40.0), "aorta": (35.0, 50.0), "portal": (35.0, 46.0), "hepatic": (35.0, 46.0),
+                     "aorta": (35.0, 50.0), "portal": (35.0, 46.0), "hepatic": (35.0, 46.0),
                      "sinus": (5.0, 25.0)},
     "arterial": {"liver": (62.0, 85.0), "spleen": (95.0, 140.0), "cortex": (170.0, 230.0), "medulla_drop": (70.0, 120.0),
-                 "tumour": (40.0, 110.0), "aorta": (250.0, 400.0), "portal": (100.0, 160.0), "hepatic": (45.0, 75.0),
+                 "aorta": (250.0, 400.0), "portal": (100.0, 160.0), "hepatic": (45.0, 75.0),
                  "sinus": (10.0, 30.0)},
-    "portal-venous": {"portal": (150.0, 190.0), "hepatic": (130.0, 170.0)},  # organs: medseg.phantom's own draw
+    "portal-venous": {"portal": (150.0, 190.0), "hepatic": (130.0, 170.0)},  # organs: medseg.phantom_anatomy's own draw
     "delayed": {"liver": (78.0, 95.0), "spleen": (78.0, 95.0), "cortex": (130.0, 165.0), "medulla_drop": (-10.0, 10.0),
-                "tumour": (55.0, 80.0), "aorta": (100.0, 140.0), "portal": (95.0, 130.0), "hepatic": (95.0, 130.0),
+                "aorta": (100.0, 140.0), "portal": (95.0, 130.0), "hepatic": (95.0, 130.0),
                 "sinus": (10.0, 30.0)},
 }
-_ENHANCING = ("liver", "spleen", "cortex", "tumour", "aorta", "portal", "hepatic")
+_ENHANCING = ("liver", "spleen", "cortex", "aorta", "portal", "hepatic")
+# The tumour against the liver (HU, tumour minus liver) per phase, one range drawn with equal odds:
+# hypo-attenuating in every phase (metastases, washout), or hyper-enhancing in the arterial phase
+# (hepatocellular carcinoma). Never within 20 HU of the liver: an iso-attenuating lesion is not
+# visible on CT in that phase, and a phantom that labels one teaches the network to guess.
+# The portal-venous tumour is medseg.phantom_anatomy's own draw (36-67 HU below the liver).
+_TUMOUR_CONTRAST: dict[str, tuple[tuple[float, float], ...]] = {
+    "non-contrast": ((-38.0, -20.0),),
+    "arterial": ((-50.0, -20.0), (30.0, 60.0)),
+    "delayed": ((-45.0, -20.0),),
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,10 @@ class Style:
     (out of the field of view) or beside the body (the field of view widens to 500 mm). ``field``:
     the abdomen alone, or with the lung bases and heart above it (chest-abdomen, +110 mm), or with
     the pelvis below it (abdomen-pelvis, +190 mm: iliac wings, sacrum, femoral heads, bladder).
-    ``inplane_mm``: the in-plane voxel size of a seeded grid (None: drawn, 1.2-1.8 mm)."""
+    ``inplane_mm``: the in-plane voxel size of a seeded grid (None: drawn, 1.2-1.8 mm).
+    ``perirenal_fat``: fat 5-18 mm around each kidney and in its renal sinus, as in most adults
+    (the kidneys then stand out of the bowel and muscle whatever the phase). ``bowel_gas``: gas
+    pockets in the bowel (-1000 to -850 HU), unlabelled."""
 
     phase: str = "portal-venous"
     noise: str = "standard"
@@ -58,6 +72,8 @@ class Style:
     liver_vessels: bool = False
     field: str = "abdomen"
     inplane_mm: float | None = None
+    perirenal_fat: bool = False
+    bowel_gas: bool = False
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -91,6 +107,8 @@ def seeded_style(seed: int) -> Style:
         liver_vessels=True,
         field=str(rng.choice(list(FIELDS), p=[0.4, 0.25, 0.35])),
         inplane_mm=[None, round(float(rng.uniform(0.8, 1.2)), 3), 3.0][int(rng.choice(3, p=[0.6, 0.25, 0.15]))],
+        perirenal_fat=bool(rng.random() < 0.85),
+        bowel_gas=bool(rng.random() < 0.8),
     )
 
 
@@ -104,6 +122,9 @@ class Extras:
     vessels: tuple[tuple[np.ndarray, np.ndarray, float, str], ...] = field(default_factory=tuple)  # (p0, p1, radius, kind)
     chest: tuple[float, ...] | None = None  # dome z, dome radius, heart x, y, semi x, semi y, lung HU, blood HU
     pelvis: tuple[float, ...] | None = None  # crest z, spine y, front y, bladder HU, bone HU, marrow HU, femur x
+    perirenal: tuple[float, float, float] | None = None  # fat thickness (mm), fat HU, how much bowel texture stays (0..1)
+    gas: tuple[float, float] | None = None  # threshold (field SDs) above which the bowel holds gas, gas HU
+    gas_field: Any = None  # the smooth random field (medseg.phantom_anatomy.Waves) that places the gas
 
 
 def style_hu(hu: dict[str, float], style: Style, rng: np.random.Generator) -> dict[str, float]:
@@ -117,6 +138,10 @@ def style_hu(hu: dict[str, float], style: Style, rng: np.random.Generator) -> di
         if style.phase not in ("non-contrast", "portal-venous") and key in _ENHANCING:
             value = base[key] + (value - base[key]) * float(rng.uniform(0.8, 1.2))
         out[key] = value
+    if style.phase in _TUMOUR_CONTRAST:
+        ranges = _TUMOUR_CONTRAST[style.phase]
+        lo, hi = ranges[int(rng.integers(len(ranges)))]
+        out["tumour"] = out["liver"] + float(rng.uniform(lo, hi))
     if "medulla_drop" in out:
         out["medulla"] = out["cortex"] - out.pop("medulla_drop")
     if style.phase == "delayed" and rng.random() < 0.4:  # contrast excreted into the renal pelvis
@@ -130,7 +155,7 @@ def style_hu(hu: dict[str, float], style: Style, rng: np.random.Generator) -> di
 def style_extras(style: Style, hu: dict[str, float], body: tuple[float, float], liver, seed: int,
                  anchors: dict[str, float]) -> Extras:
     """The drawn extras of ``style`` for a phantom with skin semi-axes ``body`` (mm) and liver
-    lobes ``liver`` (medseg.phantom's blobs), from a generator of its own seeded by ``seed``.
+    lobes ``liver`` (medseg.phantom_anatomy's Blobs), from a generator of its own seeded by ``seed``.
     ``anchors``: the liver dome's z, the kidneys' lowest z, the vertebral body's y (body frame, mm)."""
     rng = np.random.default_rng([int(seed), 16])
     hu = style_hu(hu, style, rng)
@@ -146,7 +171,14 @@ def style_extras(style: Style, hu: dict[str, float], body: tuple[float, float], 
         excreted = style.phase == "delayed" and rng.random() < 0.5
         pelvis = (anchors["kidney_low"] - u(15.0, 35.0), anchors["vb_y"], body[1] * u(0.75, 0.85),
                   u(300.0, 700.0) if excreted else u(0.0, 15.0), u(650.0, 900.0), u(150.0, 280.0), u(85.0, 100.0))
-    return Extras(hu=hu, arms=arms, table=table, vessels=vessels, chest=chest, pelvis=pelvis)
+    perirenal = gas = None
+    if style.perirenal_fat:
+        perirenal = (u(5.0, 18.0), u(-105.0, -80.0), u(0.1, 0.35))
+        if hu["sinus"] < 100.0:  # sinus fat around the renal pelvis (not contrast excreted into it)
+            hu["sinus"] = u(-90.0, -30.0)
+    if style.bowel_gas:
+        gas = (u(0.9, 1.8), u(-1000.0, -850.0))
+    return Extras(hu=hu, arms=arms, table=table, vessels=vessels, chest=chest, pelvis=pelvis, perirenal=perirenal, gas=gas)
 
 
 def _draw_arms(rng: np.random.Generator, body: tuple[float, float]) -> tuple[tuple[float, ...], ...]:
@@ -240,6 +272,39 @@ def _inside(xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, a: float, b: f
     dx, dy = (xs - cx)[:, None], (ys - cy)[None, :]
     c, s = np.cos(angle), np.sin(angle)
     return ((c * dx + s * dy) / a) ** 2 + ((-s * dx + c * dy) / b) ** 2 < 1.0
+
+
+def render_bowel_gas(ex: Extras, xs: np.ndarray, ys: np.ndarray, z: float, hu: np.ndarray, free: np.ndarray) -> None:
+    """Gas where the smooth field ``ex.gas_field`` is above its threshold, only where ``free``
+    (the fat and bowel left between the organs)."""
+    if ex.gas is None or ex.gas_field is None:
+        return
+    threshold, gas_hu = ex.gas
+    field = ex.gas_field.slab(xs, ys, z)[0]
+    sd = float(np.sqrt(0.5 * (np.asarray(ex.gas_field.amp) ** 2).sum()))
+    hu[(field > threshold * sd) & free] = gas_hu
+
+
+def render_perirenal(ex: Extras, kidneys, xs: np.ndarray, ys: np.ndarray, z: float, hu: np.ndarray,
+                     free: np.ndarray) -> None:
+    """Fat in a shell ``ex.perirenal[0]`` mm thick (across the kidney's thinnest axis) around each
+    kidney (medseg.phantom_anatomy's Blobs), only where ``free``: some of the bowel texture stays."""
+    if ex.perirenal is None:
+        return
+    thick, fat, keep = ex.perirenal
+    for blob in kidneys:
+        grow = 1.0 + thick / float(np.min(blob.semi))
+        half = blob.half_extent() * grow
+        if abs(z - blob.centre[2]) > half[2]:
+            continue
+        bx = np.flatnonzero(np.abs(xs - blob.centre[0]) <= half[0])
+        by = np.flatnonzero(np.abs(ys - blob.centre[1]) <= half[1])
+        if bx.size == 0 or by.size == 0:
+            continue
+        box = (slice(bx[0], bx[-1] + 1), slice(by[0], by[-1] + 1))
+        u0, u1, u2 = blob.local(xs[box[0]], ys[box[1]], z)
+        shell = (u0 * u0 + u1 * u1 + u2 * u2 < grow * grow) & free[box]
+        hu[box][shell] = np.float32(fat) + np.float32(keep) * (hu[box][shell] - np.float32(fat))
 
 
 def render_chest(ex: Extras, xs: np.ndarray, ys: np.ndarray, z: float, hu: np.ndarray, free: np.ndarray) -> None:

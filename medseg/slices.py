@@ -6,6 +6,7 @@ ranges, context slices, reading slices out of a volume, in-plane sizes and resiz
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -46,10 +47,20 @@ def intensity_range(volume: np.ndarray, preprocessing: dict[str, Any]) -> tuple[
 # ---------------------------------------------------------------------------------------------- slices
 
 
-def context_indices(z: np.ndarray, context: int, depth: int) -> np.ndarray:
-    """Slice indices ``z-k .. z+k`` for each ``z`` (clamped at the volume's ends), shape (len(z), 2k+1)."""
-    offsets = np.arange(-context, context + 1)
+def context_indices(z: np.ndarray, context: int, depth: int, step: int = 1) -> np.ndarray:
+    """Slice indices ``z-k*step .. z+k*step`` (every ``step``-th slice) for each ``z``, clamped at the
+    volume's ends, shape (len(z), 2k+1)."""
+    offsets = np.arange(-context, context + 1) * max(1, int(step))
     return np.clip(np.asarray(z)[:, None] + offsets[None, :], 0, depth - 1)
+
+
+def context_step(context_mm: float | None, slice_mm: float) -> int:
+    """How many slices apart the context neighbours are: the slice nearest ``context_mm`` from the
+    centre (at least the next one), so that thin and thick slices give the network neighbours at
+    about the same distance. ``context_mm`` None (cards before it existed): the next slice."""
+    if context_mm is None or not slice_mm > 0 or not math.isfinite(slice_mm):
+        return 1
+    return max(1, int(math.floor(context_mm / slice_mm + 0.5)))
 
 
 def read_slices(volume: np.ndarray, start: int, stop: int) -> torch.Tensor:

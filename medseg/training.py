@@ -139,6 +139,7 @@ def _model_card(cfg: TrainConfig, labels: dict[str, int], modality: str, meta: d
         spacing=list(src.spacing) if src else [float(s) for s in cfg.spacing],
         slice_size=[cfg.crop, cfg.crop],
         context_slices=src.context_slices if src else cfg.context_slices,
+        context_mm=src.context_mm if src else cfg.context_mm,
         description=str(meta.get("description", "")),
     )
     card.validate()
@@ -224,7 +225,7 @@ class Trainer:
         if state is not None:
             self._restore(state)
         self.net = self.model  # DistributedDataParallel once distribute() ran
-        self.sampler = SliceSampler(data.prepared, cfg, self.card.context_slices, ranks.info.rank)
+        self.sampler = SliceSampler(data.prepared, cfg, self.card.context_slices, ranks.info.rank, self.card.context_mm)
         self.done = (self.start_epoch - 1) * cfg.steps_per_epoch
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="medseg-prefetch") if self.device.type == "cuda" else None
 

@@ -31,7 +31,7 @@ from .errors import MedsegError
 from .geometry import array_on_grid_of
 from .io import Scan, load_scan
 from .metrics import label_metrics
-from .transforms import IGNORE_INDEX, LoadCased, ToModelSpaced, context_indices, training_augmentation
+from .transforms import IGNORE_INDEX, LoadCased, ToModelSpaced, context_indices, context_step, training_augmentation
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PreparedCase:
     foreground: np.ndarray  # indices of slices holding any foreground
     intensity_range: tuple[float, float] = (math.nan, math.nan)  # raw 1-99 % of the image
     labelled: np.ndarray | None = None  # indices of slices holding any labelled voxel (None: every slice)
+    slice_mm: float = math.nan  # distance between slices (mm): how far apart the context neighbours are
 
     def slices(self) -> np.ndarray:
         """The slices training may draw: those holding labelled voxels."""
@@ -129,7 +130,7 @@ def prepare_cases(cases: list[Case], card: ModelCard, workers: int = 0, ignore: 
                 pool.shutdown(wait=True, cancel_futures=True)
         out = [PreparedCase(d["name"], d["image"], d["label"], d["foreground"],
                             tuple(d.get("intensity_range", (math.nan, math.nan))),
-                            d["labelled"] if ignore is not None else None) for d in loaded]
+                            d["labelled"] if ignore is not None else None, float(d["slice_mm"])) for d in loaded]
     except Exception as exc:
         raise _unwrap(exc) from None
     for case, prepared in zip(cases, out):
@@ -181,8 +182,10 @@ class SliceSampler:
     applies the MONAI augmentation. The generator is seeded by ``(seed, rank, epoch, step)``.
     """
 
-    def __init__(self, cases: list[PreparedCase], cfg: TrainConfig, context: int, rank: int = 0) -> None:
+    def __init__(self, cases: list[PreparedCase], cfg: TrainConfig, context: int, rank: int = 0,
+                 context_mm: float | None = None) -> None:
         self.cases, self.cfg, self.context, self.rank = cases, cfg, context, rank
+        self.steps = [context_step(context_mm, case.slice_mm) for case in cases]  # as inference takes them
         self.augment = (
             training_augmentation(cfg.rotate_deg, cfg.scale, cfg.flip_prob, cfg.intensity_jitter) if cfg.augment else None
         )
@@ -199,13 +202,14 @@ class SliceSampler:
         cfg = self.cfg
         xs, ys = [], []
         for _ in range(cfg.batch_size):
-            case = self.cases[rng.integers(len(self.cases))]
+            i = int(rng.integers(len(self.cases)))
+            case = self.cases[i]
             depth = case.image.shape[0]
             if case.foreground.size and rng.random() < cfg.foreground_fraction:
                 z = int(rng.choice(case.foreground))
             else:
                 z = int(rng.choice(case.slices()))  # sparse labels: only labelled slices
-            idx = context_indices(np.array([z]), self.context, depth)[0]
+            idx = context_indices(np.array([z]), self.context, depth, self.steps[i])[0]
             img, lab = _crop_or_pad(case.image[idx], case.classes[z], cfg.crop, rng)
             if self.augment is not None:
                 d = self.augment({"image": torch.from_numpy(img), "label": torch.from_numpy(lab[None].astype(np.float32))})

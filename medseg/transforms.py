@@ -22,6 +22,7 @@ from .slices import (  # noqa: F401 - re-exported: the inference side lives ther
     CT_DEFAULT,
     MR_DEFAULT,
     context_indices,
+    context_step,
     default_preprocessing,
     intensity_range,
     read_slices,
@@ -44,7 +45,7 @@ class LoadCased(MapTransform):
     """MONAI dictionary transform: read an image/label pair into a common (RAS) orientation.
 
     Input ``{"image": path, "label": path, "name": str}``; output adds the canonical views
-    ``image`` and ``label`` (X, Y, Z) and the in-plane ``spacing``. The label must lie on the
+    ``image`` and ``label`` (X, Y, Z), the in-plane ``spacing`` and the slice spacing ``slice_mm``. The label must lie on the
     image's voxel grid in world space (any axis order or flips); otherwise a one-line error
     names the label file.
     """
@@ -68,7 +69,9 @@ class LoadCased(MapTransform):
         lview, _ = canonical_view(label.array, label.affine, self.axcodes)
         d["image_path"], d["label_path"] = image.source, label.source
         d["image"], d["label"] = view, lview
-        d["spacing"] = tuple(float(s) for s in canonical_spacing(image.affine, ornt)[:2])
+        spacing = canonical_spacing(image.affine, ornt)
+        d["spacing"] = tuple(float(s) for s in spacing[:2])
+        d["slice_mm"] = float(spacing[2])
         return d
 
 

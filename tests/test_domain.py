@@ -106,8 +106,13 @@ def test_far_outside_spacing_warns(card, sample):
     [warning] = domain_warnings(coarse, card)  # 378 mm field of view: only the spacing is off
     assert "voxel spacing 13 x 13 x 4.5 mm" in warning and "far larger along right-left" in warning
     fine_z = _like(sample, sample.array, spacing=(2.1, 2.1, 0.5), name="thin.nii.gz")
+    next_slice = dataclasses.replace(card, context_mm=None)  # context: the next slice, 0.5 mm away
     assert any("voxel spacing" in w and "far smaller along inferior-superior" in w
-               for w in domain_warnings(fine_z, card))
+               for w in domain_warnings(fine_z, next_slice))
+    # context slices 3 mm apart: every 6th of the 0.5 mm slices, as far apart as the trained 2.5-5 mm
+    assert not any("voxel spacing" in w for w in domain_warnings(fine_z, dataclasses.replace(card, context_mm=3.0)))
+    coarse_z = _like(sample, sample.array, spacing=(2.1, 2.1, 20.0), name="slabs.nii.gz")
+    assert any("far larger along inferior-superior" in w for w in domain_warnings(coarse_z, dataclasses.replace(card, context_mm=3.0)))
 
 
 def test_extent_is_measured_along_anatomical_axes():

@@ -60,6 +60,19 @@ def test_drawn_values_stay_in_their_phase(phase):
         assert hu["muscle"] == 50.0 and hu["noise"] == 12.0
 
 
+@pytest.mark.parametrize("phase", PHASES)
+def test_the_tumour_stands_out_of_the_liver_in_every_phase(phase):
+    base = {"liver": 105.0, "spleen": 120.0, "cortex": 180.0, "medulla": 160.0, "sinus": 25.0, "tumour": 50.0,
+            "aorta": 170.0, "noise": 12.0, "tex": 4.0, "muscle": 50.0}
+    signs = set()
+    for n in range(60):
+        hu = style_hu(base, Style(phase=phase), np.random.default_rng(n))
+        assert abs(hu["tumour"] - hu["liver"]) >= 20.0, (n, hu["tumour"], hu["liver"])
+        signs.add(hu["tumour"] > hu["liver"])
+    # hyper-enhancing tumours (HCC) only in the arterial phase, hypo-attenuating ones in every phase
+    assert signs == ({True, False} if phase == "arterial" else {False})
+
+
 def test_noise_levels_order_the_noise():
     def liver_sd(level):
         ph = make_phantom(5, shape=SHAPE, style=Style(noise=level))
@@ -232,3 +245,38 @@ def test_the_domain_check_warns_for_a_phase_the_model_never_saw(tmp_path):
     assert len(warnings("ABDOMEN NC 3mm", pv_only)) == 1 and "non-contrast" in warnings("ABDOMEN NC 3mm", pv_only)[0]
     assert warnings("ABDOMEN NC 3mm", every) == [] and warnings("PORTAL VENOUS", pv_only) == []
     assert warnings("Body 1.0", pv_only) == []
+
+
+def test_perirenal_fat_surrounds_the_kidneys_and_fills_the_sinus():
+    from scipy import ndimage
+
+    plain = make_phantom(12, shape=SHAPE, style=Style(phase="non-contrast"))
+    fatty = make_phantom(12, shape=SHAPE, style=Style(phase="non-contrast", perirenal_fat=True))
+    assert np.array_equal(plain.labels, fatty.labels)  # the anatomy and its labels are the seed's
+    for kidney in (KID_R, KID_L):
+        inside = plain.labels == kidney
+        ring = ndimage.binary_dilation(inside, np.ones((3, 3, 1), bool), iterations=2) & (plain.labels == 0)
+        assert np.median(fatty.image[ring]) < -40 < np.median(plain.image[ring])
+        # the renal sinus (unlabelled, enclosed by the kidney in its slice) is fat too
+        hole = np.zeros_like(inside)
+        for k in range(inside.shape[2]):
+            hole[:, :, k] = ndimage.binary_fill_holes(inside[:, :, k]) & ~inside[:, :, k]
+        if hole.sum() > 5:
+            assert np.median(fatty.image[hole]) < -20 < np.median(plain.image[hole])
+
+
+def test_bowel_gas_is_unlabelled_air_between_the_organs():
+    plain = make_phantom(13, shape=SHAPE, style=Style(table=False))
+    gassy = make_phantom(13, shape=SHAPE, style=Style(bowel_gas=True))
+    assert np.array_equal(plain.labels, gassy.labels)
+    gas = (gassy.image < -700) & (plain.image > -300)
+    assert gas.sum() > 200, gas.sum()
+    assert not gassy.labels[gas].any()  # never inside an organ
+    body = plain.image > -300
+    assert gas.sum() < 0.1 * body.sum()
+
+
+def test_seeded_styles_mostly_have_perirenal_fat_and_gas():
+    styles = [seeded_style(s) for s in range(200)]
+    assert 0.75 < np.mean([s.perirenal_fat for s in styles]) < 0.95
+    assert 0.7 < np.mean([s.bowel_gas for s in styles]) < 0.9
