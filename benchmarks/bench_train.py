@@ -41,7 +41,7 @@ def throughput(cases, card, cfg: TrainConfig, device: torch.device, steps: int, 
     loss_fn = make_loss(cfg, None)
     dtype = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    sampler = SliceSampler(cases, cfg, card.context_slices)
+    sampler = SliceSampler(cases, cfg, card.context_slices, context_mm=card.context_mm)
     t0 = 0.0
     for step in range(steps + warmup):
         if step == warmup:

@@ -84,8 +84,9 @@ def model_inputs(predictor: Predictor, scan) -> list[torch.Tensor]:
     size_in = target_size(view.shape[:2], (float(spacing[0]), float(spacing[1])), tuple(card.spacing))
     intensity = intensity_range(view, card.preprocessing)
     step = predictor.batch_size
+    context_step = card.context_step(float(spacing[2]))  # as predict_scan takes the context slices
     return [_model_input(view, s, min(s + step, view.shape[2]), intensity, size_in, card.context_slices,
-                         predictor.device) for s in range(0, view.shape[2], step)]
+                         predictor.device, context_step) for s in range(0, view.shape[2], step)]
 
 
 def bare_forward(predictor: Predictor, inputs: list[torch.Tensor]) -> float:
@@ -134,7 +135,7 @@ def training_ratio(device: torch.device, quick: bool, rounds: int) -> tuple[floa
     opt, sched = make_optimizer(cfg, model.parameters(), (2 * rounds + 1) * steps)
     loss_fn, dtype = make_loss(cfg, None), amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    sampler = SliceSampler(prepared, cfg, card.context_slices)
+    sampler = SliceSampler(prepared, cfg, card.context_slices, context_mm=card.context_mm)
     cached = sampler.batch(0, 0)
 
     def run(real: bool) -> None:

@@ -26,7 +26,7 @@ from .resources import default_bundle_path, model_path  # noqa: F401  (default_b
 
 CARD_NAME = "model.json"
 WEIGHT_NAMES = ("model.safetensors", "model.pt")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: context_mm. A card without it is written as 1, which older medseg reads the same way
 
 
 @dataclass
@@ -92,7 +92,10 @@ class ModelCard:
             raise MedsegError(f"{where}: invalid model card: {'; '.join(problems)}")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        data = asdict(self)
+        # a medseg that predates context_mm would take the next slice as context: it must refuse the card
+        data["format_version"] = FORMAT_VERSION if self.context_mm is not None else 1
+        return json.dumps(data, indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str | Path = "model card") -> "ModelCard":

@@ -96,6 +96,7 @@ class TrainConfig:
                 raise MedsegError(f"{path}: field '{f.name}': expected a number, got {value!r}")
             if kind == "bool" and not isinstance(value, bool):
                 raise MedsegError(f"{path}: field '{f.name}': expected true or false, got {value!r}")
+        data.setdefault("context_mm", None)  # a run started before context_mm took the next slice: resume it so
         cfg = validate_as(cls, data, path)
         cfg.spacing = tuple(cfg.spacing)  # type: ignore[assignment]
         cfg.validate(path)

@@ -74,13 +74,12 @@ def domain_warnings(scan, card: ModelCard) -> list[str]:
         warnings.append(str(exc))
     data = card.training_data or {}
     fov, spacing = canonical_extent(scan.affine, scan.shape)
-    seen = spacing.copy()
-    seen[2] *= card.context_step(float(spacing[2]))  # the distance between the slices the network is given
-    for key, values, checked, factor, what in (
-        ("field_of_view_mm", fov, fov, FOV_FACTOR, "field of view"),
-        ("spacing_mm", spacing, seen, (SPACING_FACTOR,) * 3, "voxel spacing"),
+    for key, values, factor, what in (
+        ("field_of_view_mm", fov, FOV_FACTOR, "field of view"),
+        ("spacing_mm", spacing, (SPACING_FACTOR,) * 3, "voxel spacing"),
     ):
         if key in data:
+            checked = _context_distances(card, values, data[key]) if key == "spacing_mm" else None
             warnings += _range_warnings(where, card, what, values, data[key], factor, checked)
     return warnings + _phase_warnings(scan, card)
 
@@ -145,14 +144,27 @@ def _modality_warnings(scan, card: ModelCard) -> list[str]:
     return []
 
 
+def _context_distances(card: ModelCard, spacing: np.ndarray, trained: dict) -> tuple[np.ndarray, list, list]:
+    """The spacing as the network sees it (along I-S, the distance between its context slices) and
+    the range of that over the trained spacings (each trained slice spacing from min to max taken
+    with its own step), for :func:`_range_warnings`."""
+    def seen(s: float) -> float:
+        return s * card.context_step(s)
+
+    lo, hi = float(trained["min"][2]), float(trained["max"][2])
+    over = [seen(s) for s in np.linspace(lo, hi, 200)] if hi > lo else [seen(lo)]
+    values = np.array([spacing[0], spacing[1], seen(float(spacing[2]))])
+    return values, [*trained["min"][:2], min(over)], [*trained["max"][:2], max(over)]
+
+
 def _range_warnings(where: Path, card: ModelCard, what: str, values: np.ndarray, trained: dict,
-                    factor: tuple[float, ...], checked: np.ndarray | None = None) -> list[str]:
-    """One line when any axis of ``checked`` (default ``values``, which the line reports) is far
-    outside the ``trained`` min..max (by ``factor``)."""
+                    factor: tuple[float, ...], checked: tuple[np.ndarray, list, list] | None = None) -> list[str]:
+    """One line when any axis of ``values`` (as reported) is far outside the ``trained`` min..max (by
+    ``factor``); ``checked``, when given, is what is compared instead: (values, lows, highs)."""
     lows, highs = trained["min"], trained["max"]
-    checked = values if checked is None else checked
-    small = [axis for axis, v, lo, f in zip(AXES, checked, lows, factor) if v < lo / f]
-    large = [axis for axis, v, hi, f in zip(AXES, checked, highs, factor) if v > hi * f]
+    test, test_lows, test_highs = checked if checked is not None else (values, lows, highs)
+    small = [axis for axis, v, lo, f in zip(AXES, test, test_lows, factor) if v < lo / f]
+    large = [axis for axis, v, hi, f in zip(AXES, test, test_highs, factor) if v > hi * f]
     if not small and not large:
         return []
     how = "; ".join(f"far {side} along {', '.join(axes)}" for side, axes in (("smaller", small), ("larger", large)) if axes)

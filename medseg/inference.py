@@ -31,7 +31,7 @@ from .io import Scan
 from .slices import (
     context_indices,
     intensity_range,
-    read_slices,
+    read_slices_at,
     resize_slices,
     target_size,
 )
@@ -111,21 +111,22 @@ def _model_input(
     """Model input (stop - start, 2k+1, H', W') for slices ``start:stop`` of ``volume`` (X, Y, Z).
 
     Each slice and its neighbours (every ``step``-th slice) is read, scaled and resampled once, then
-    stacked into 2k+1 channels per slice (neighbours clamped at the volume's ends).
+    stacked into 2k+1 channels per slice (neighbours clamped at the volume's ends). Only the slices
+    used are read: one live slice of a 0.5 mm scan reads 3 slices, not the 13 between its neighbours.
     """
-    depth = volume.shape[2]
-    lo, hi = max(start - context * step, 0), min(stop + context * step, depth)
+    idx = context_indices(np.arange(start, stop), context, volume.shape[2], step)
+    needed = np.unique(idx)
     # Where X runs fastest in memory (NIfTI's order), slices are read and resized as (Y, X), and only
     # the small result is transposed: copying 512 x 512 slices across the grain costs ~2x more.
     yx = abs(volume.strides[0]) < abs(volume.strides[1])
-    raw = read_slices(volume.transpose(1, 0, 2) if yx else volume, lo, hi).to(device)
+    raw = read_slices_at(volume.transpose(1, 0, 2) if yx else volume, needed).to(device)
     x = _scale(raw, *intensity)
     if volume.dtype.kind == "f":  # NaN/inf voxels take the background value (0 after scaling)
         x = torch.where(torch.isfinite(raw), x, torch.zeros((), dtype=x.dtype, device=x.device))
     x = resize_slices(x[:, None], tuple(size_in[::-1]) if yx else size_in, "bilinear")[:, 0]
     if yx:
         x = x.transpose(1, 2)
-    channels = torch.from_numpy(context_indices(np.arange(start, stop), context, depth, step) - lo).to(device)
+    channels = torch.from_numpy(np.searchsorted(needed, idx)).to(device)
     return x[channels].contiguous(memory_format=torch.channels_last)
 
 

@@ -43,7 +43,8 @@ _ENHANCING = ("liver", "spleen", "cortex", "aorta", "portal", "hepatic")
 # The tumour against the liver (HU, tumour minus liver) per phase, one range drawn with equal odds:
 # hypo-attenuating in every phase (metastases, washout), or hyper-enhancing in the arterial phase
 # (hepatocellular carcinoma). Never within 20 HU of the liver: an iso-attenuating lesion is not
-# visible on CT in that phase, and a phantom that labels one teaches the network to guess.
+# visible on CT in that phase, and a phantom that labels one teaches the network to guess. (The
+# darker necrotic centre, up to 12 HU, brings a hyper-enhancing tumour's middle to 18 HU at least.)
 # The portal-venous tumour is medseg.phantom_anatomy's own draw (36-67 HU below the liver).
 _TUMOUR_CONTRAST: dict[str, tuple[tuple[float, float], ...]] = {
     "non-contrast": ((-38.0, -20.0),),

@@ -69,9 +69,15 @@ def read_slices(volume: np.ndarray, start: int, stop: int) -> torch.Tensor:
     Copied slice by slice: ``np.take`` or fancy indexing would copy the whole volume when it is
     a flipped or transposed view (as canonical views of LPS files are).
     """
-    out = np.empty((stop - start, volume.shape[0], volume.shape[1]), dtype=np.float32)
-    for n, k in enumerate(range(start, stop)):
-        out[n] = volume[:, :, k]
+    return read_slices_at(volume, range(start, stop))
+
+
+def read_slices_at(volume: np.ndarray, ks) -> torch.Tensor:
+    """Float tensor (len(ks), X, Y) of the slices ``ks`` along the third axis (as :func:`read_slices`)."""
+    ks = list(ks)
+    out = np.empty((len(ks), volume.shape[0], volume.shape[1]), dtype=np.float32)
+    for n, k in enumerate(ks):
+        out[n] = volume[:, :, int(k)]
     return torch.from_numpy(out)
 
 

@@ -4,6 +4,7 @@ the same distance, in training and in inference alike."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,37 @@ def test_the_card_checks_context_mm_and_training_records_it():
     assert TrainConfig().context_mm == 3.0
     with pytest.raises(MedsegError, match="context_mm"):
         TrainConfig(context_mm=0.0).validate()
+
+
+def test_a_run_started_before_context_mm_resumes_with_the_next_slice(tmp_path):
+    data = dataclasses.asdict(TrainConfig())
+    del data["context_mm"]  # config.json of a run started by a medseg without it
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert TrainConfig.from_json(tmp_path / "config.json").context_mm is None
+
+
+def test_a_card_with_context_mm_is_format_2_so_older_medseg_refuses_it():
+    card = _bundle().card
+    assert json.loads(card.to_json())["format_version"] == 1  # read the same way by any medseg
+    with_mm = json.loads(dataclasses.replace(card, context_mm=3.0).to_json())
+    assert with_mm["format_version"] == 2 and ModelCard.from_dict(with_mm).context_mm == 3.0
+    with pytest.raises(MedsegError, match="newer than this medseg"):
+        ModelCard.from_dict({**with_mm, "format_version": 3})
+
+
+def test_the_domain_check_compares_context_distances_with_the_trained_ones():
+    from medseg.domain import domain_warnings
+
+    card = dataclasses.replace(_bundle().card, context_mm=3.0, training_data={
+        "spacing_mm": {"min": [0.7, 0.7, 0.5], "max": [0.9, 0.9, 0.8]}})
+
+    def spacing_warned(z: float, card=card) -> bool:
+        scan = Scan(np.zeros((300, 300, 40), np.int16), np.diag([0.8, 0.8, z, 1.0]), Path(f"z{z}.nii.gz"), modality="CT")
+        return any("voxel spacing" in w for w in domain_warnings(scan, card))
+
+    # trained on 0.5-0.8 mm slices: context slices ~3 mm apart, as they are for 0.2-1.5 mm scans
+    assert not any(spacing_warned(z) for z in (0.2, 0.6, 1.0, 1.5))
+    assert spacing_warned(12.0)  # 12 mm between context slices: far more than the trained ~3 mm
+    next_slice = dataclasses.replace(card, context_mm=None)
+    assert not any(spacing_warned(z, next_slice) for z in (0.2, 0.6, 2.0))  # 0.5/3 .. 0.8*3 mm, as before
+    assert spacing_warned(3.0, next_slice) and spacing_warned(0.1, next_slice)
