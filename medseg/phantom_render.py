@@ -270,6 +270,7 @@ def _render_organs(an: Anatomy, canvas: _Canvas, windows: dict[str, Window], sx0
         m &= free[bx, by]
         hu[bx, by][m] = h["liver"] + organ_tex[bx, by][m]
         lab[bx, by][m] = LIVER
+        free[bx, by][m] = False  # the lung bases and heart (a style's chest) go around the liver's dome
 
     win = windows.get("tumour")
     if an.tumour is not None and win is not None and win.covers(k):

@@ -280,3 +280,13 @@ def test_seeded_styles_mostly_have_perirenal_fat_and_gas():
     styles = [seeded_style(s) for s in range(200)]
     assert 0.75 < np.mean([s.perirenal_fat for s in styles]) < 0.95
     assert 0.7 < np.mean([s.bowel_gas for s in styles]) < 0.9
+
+
+@pytest.mark.parametrize("seed", [6, 131])
+def test_the_lung_bases_never_cover_a_labelled_organ(seed):
+    """Every labelled voxel looks like its organ: the chest's lungs and heart go around the liver's
+    dome (they once overwrote its top, leaving liver and tumour labels on lung)."""
+    ph = make_phantom(seed, style=Style(field="chest-abdomen", phase="arterial", thickness_mm=None))
+    labelled = ph.labels > 0
+    assert (ph.image < -500).sum() > 10_000  # the lungs are there
+    assert ((ph.image < -300) & labelled).sum() <= 0.001 * labelled.sum()
