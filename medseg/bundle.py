@@ -91,11 +91,14 @@ class ModelCard:
         if problems:
             raise MedsegError(f"{where}: invalid model card: {'; '.join(problems)}")
 
+    def __post_init__(self) -> None:
+        # The version the card's content needs (a newer one is refused before it gets here): a medseg
+        # that predates context_mm would take the next slice as context, so it must refuse such a card;
+        # any other card is read the same way by every version.
+        self.format_version = FORMAT_VERSION if self.context_mm is not None else 1
+
     def to_json(self) -> str:
-        data = asdict(self)
-        # a medseg that predates context_mm would take the next slice as context: it must refuse the card
-        data["format_version"] = FORMAT_VERSION if self.context_mm is not None else 1
-        return json.dumps(data, indent=2) + "\n"
+        return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str | Path = "model card") -> "ModelCard":

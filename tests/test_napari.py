@@ -568,7 +568,10 @@ def test_domain_warning_for_an_mr_scan_with_the_ct_model(make_napari_viewer, qtb
     viewer.open_sample("medseg", "phantom_ct")
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    assert "Trained on 70 cases" in widget.card_label.text() and "abdomen" in widget.card_label.text()
+    from medseg.bundle import load_card
+
+    cases = load_card().training_data["cases"]
+    assert f"Trained on {cases} cases" in widget.card_label.text() and "abdomen" in widget.card_label.text()
     widget.image_box.setCurrentText("phantom CT")
     assert not widget.domain_label.isVisibleTo(widget)  # the sample is what the model knows
     seen = []
