@@ -44,6 +44,7 @@ class TrainConfig:
     spacing: tuple[float, float] = (2.0, 2.0)
     crop: int = 160
     foreground_fraction: float = 0.7
+    foreground_sampling: str = "class"  # class: a foreground class drawn evenly, the patch around one of its pixels | slice
     augment: bool = True
     rotate_deg: float = 10.0
     scale: float = 0.1
@@ -51,6 +52,7 @@ class TrainConfig:
     intensity_jitter: float = 0.03
     val_cases: int = 2  # 0: validate on the training cases (an overfitting check, not a score)
     hd95: bool = True
+    val_every: int = 1  # validate (and keep the best) every N epochs, and after the last
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto (CUDA: bf16 where supported, else fp16 + grad scaler; CPU: off) | off | bf16 | fp16
@@ -96,6 +98,7 @@ class TrainConfig:
                 raise MedsegError(f"{path}: field '{f.name}': expected a number, got {value!r}")
             if kind == "bool" and not isinstance(value, bool):
                 raise MedsegError(f"{path}: field '{f.name}': expected true or false, got {value!r}")
+        data.setdefault("foreground_sampling", "slice")  # the sampling of runs written before the field
         data.setdefault("context_mm", None)  # a run started before context_mm took the next slice: resume it so
         cfg = validate_as(cls, data, path)
         cfg.spacing = tuple(cfg.spacing)  # type: ignore[assignment]
@@ -107,9 +110,10 @@ class TrainConfig:
 _FIELD_KINDS = {
     "epochs": "int", "steps_per_epoch": "int", "batch_size": "int", "lr": "float?", "optimizer": "str",
     "schedule": "str", "weight_decay": "float", "loss": "str", "class_weights": "str", "width": "int",
-    "context_slices": "int", "context_mm": "float?", "spacing": "pair", "crop": "int", "foreground_fraction": "float", "augment": "bool",
+    "context_slices": "int", "context_mm": "float?", "spacing": "pair", "crop": "int", "foreground_fraction": "float",
+    "foreground_sampling": "str", "augment": "bool",
     "rotate_deg": "float", "scale": "float", "flip_prob": "float", "intensity_jitter": "float", "val_cases": "int",
-    "hd95": "bool", "seed": "int", "device": "str", "amp": "str", "channels_last": "bool", "name": "str",
+    "hd95": "bool", "val_every": "int", "seed": "int", "device": "str", "amp": "str", "channels_last": "bool", "name": "str",
     "modality": "str?", "init": "str?", "freeze_encoder": "bool", "freeze_batchnorm": "bool", "cache_workers": "int",
     "half_precision_weights": "bool",
 }
@@ -119,6 +123,7 @@ _CHOICES = {
     "schedule": ("onecycle", "cosine", "poly", "constant"),
     "loss": ("ce", "ce+dice"),
     "class_weights": ("none", "sqrt-inverse"),
+    "foreground_sampling": ("class", "slice"),
     "amp": ("auto", "off", "bf16", "fp16"),
 }
 
@@ -132,6 +137,7 @@ _RANGES = {
     "context_slices": (0, 16, "an integer 0..16"),
     "context_mm": (0.1, 50, "a distance in 0.1..50 mm"),
     "val_cases": (0, None, "an integer >= 0"),
+    "val_every": (1, None, "an integer >= 1"),
     "seed": (0, 2**63 - 1, "an integer >= 0"),
     "cache_workers": (0, 256, "an integer 0..256"),
     "weight_decay": (0, None, "a finite number >= 0"),

@@ -360,6 +360,7 @@ def _training_notes(cfg: TrainConfig, data: TrainData, trainer: Trainer, dataset
             if cfg.augment
             else "none"
         ),
+        "sampling": f"{cfg.foreground_fraction:g} of the patches on foreground, by {cfg.foreground_sampling}",
         "seed": cfg.seed,
         "device": str(trainer.device),
         "amp": str(trainer.amp).replace("torch.", "") if trainer.amp else "off",
@@ -419,7 +420,8 @@ def train(
             ranks.run(lambda: _begin_run_folder(run_dir, cfg, state is not None), main_only=True)
             for epoch in range(trainer.start_epoch, cfg.epochs + 1):
                 loss, seconds = trainer.train_epoch(epoch, on_step)
-                ranks.run(lambda: _finish_epoch(trainer, epoch, loss, seconds, on_epoch), main_only=True)
+                if epoch % cfg.val_every == 0 or epoch == cfg.epochs:  # the same decision on every rank
+                    ranks.run(lambda: _finish_epoch(trainer, epoch, loss, seconds, on_epoch), main_only=True)
         finally:
             trainer.close()
         if ranks.info.world_size > 1:

@@ -146,19 +146,29 @@ def _window_start(n: int, size: int, at: int | None, rng: np.random.Generator) -
     return int(rng.integers(max(0, at - size + 1), min(n - size, at) + 1))
 
 
-def _crop_or_pad(img: np.ndarray, lab: np.ndarray, size: int, rng: np.random.Generator):
+def class_slices(classes: np.ndarray) -> dict[int, np.ndarray]:
+    """For each foreground class of a (Z, H, W) class array, the slices holding it (sorted)."""
+    present = np.zeros((classes.shape[0], 256), dtype=bool)
+    for z in range(classes.shape[0]):
+        present[z] = np.bincount(classes[z].ravel(), minlength=256)[:256] > 0
+    present[:, [0, IGNORE_INDEX]] = False
+    return {int(c): np.flatnonzero(present[:, c]) for c in np.flatnonzero(present.any(axis=0))}
+
+
+def _crop_or_pad(img: np.ndarray, lab: np.ndarray, size: int, rng: np.random.Generator, centre: int | None = None):
     """Random ``size`` x ``size`` window of (C, H, W) / (H, W) arrays.
 
     Where a slice is smaller than the window it is placed at a random offset and padded by
     repeating its edge, as the network pads its input at inference (a zero border here would
     teach the model a context it never sees when segmenting, and small scans would fail). A
     slice labelled only in part (the rest :data:`IGNORE_INDEX`) gets a window around one of
-    its labelled pixels, so a step is never spent on unlabelled voxels alone.
+    its labelled pixels, so a step is never spent on unlabelled voxels alone. ``centre``: a class
+    the window must hold (around one of its pixels, drawn at random).
     """
     c, h, w = img.shape
     at = (None, None)
-    if (h > size or w > size) and (lab == IGNORE_INDEX).any():
-        ys, xs = np.nonzero(lab != IGNORE_INDEX)
+    if (h > size or w > size) and (centre is not None or (lab == IGNORE_INDEX).any()):
+        ys, xs = np.nonzero(lab == centre if centre is not None else lab != IGNORE_INDEX)
         if ys.size:
             i = int(rng.integers(ys.size))
             at = (int(ys[i]), int(xs[i]))
@@ -180,12 +190,18 @@ class SliceSampler:
     foreground (so small organs and tumours are seen), the others from the slices holding any
     labelled voxel (all of them, unless the dataset has an ``ignore`` label), crops/pads them to ``crop`` pixels and
     applies the MONAI augmentation. The generator is seeded by ``(seed, rank, epoch, step)``.
+
+    ``foreground_sampling="class"`` (nnU-Net's oversampling): a foreground draw first picks one
+    of the classes the case holds, each as likely, then a slice holding it, and the patch is
+    placed around one of that class's pixels, so a small tumour or kidney is not cropped away
+    and is seen as often as the liver. ``"slice"``: any slice holding foreground, a random window.
     """
 
     def __init__(self, cases: list[PreparedCase], cfg: TrainConfig, context: int, rank: int = 0,
                  context_mm: float | None = None) -> None:
         self.cases, self.cfg, self.context, self.rank = cases, cfg, context, rank
         self.steps = [context_step(context_mm, case.slice_mm) for case in cases]  # as inference takes them
+        self.by_class = [class_slices(case.classes) for case in cases] if cfg.foreground_sampling == "class" else None
         self.augment = (
             training_augmentation(cfg.rotate_deg, cfg.scale, cfg.flip_prob, cfg.intensity_jitter) if cfg.augment else None
         )
@@ -205,12 +221,17 @@ class SliceSampler:
             i = int(rng.integers(len(self.cases)))
             case = self.cases[i]
             depth = case.image.shape[0]
+            centre = None
             if case.foreground.size and rng.random() < cfg.foreground_fraction:
-                z = int(rng.choice(case.foreground))
+                if self.by_class is not None:
+                    centre = int(rng.choice(list(self.by_class[i])))
+                    z = int(rng.choice(self.by_class[i][centre]))
+                else:
+                    z = int(rng.choice(case.foreground))
             else:
                 z = int(rng.choice(case.slices()))  # sparse labels: only labelled slices
             idx = context_indices(np.array([z]), self.context, depth, self.steps[i])[0]
-            img, lab = _crop_or_pad(case.image[idx], case.classes[z], cfg.crop, rng)
+            img, lab = _crop_or_pad(case.image[idx], case.classes[z], cfg.crop, rng, centre)
             if self.augment is not None:
                 d = self.augment({"image": torch.from_numpy(img), "label": torch.from_numpy(lab[None].astype(np.float32))})
                 img = np.asarray(d["image"], dtype=np.float32)
