@@ -5,13 +5,17 @@
 Each CT scan there (the DICOM series folders and the NIfTI CTs) is segmented, and its PNG shows
 the mask over four axial slices and a coronal reformat in the radiological convention
 (:func:`medseg.reports.write_preview`). MR scans are left out (the default model is for CT). It
-also prints each label's volume, so a glance at the numbers catches a liver of 30 mL.
+also prints each label's volume, so a glance at the numbers catches a liver of 30 mL, and how much
+of it lies outside the label's largest connected piece ("apart": specks on other organs).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
 
 from medseg.bundle import load_bundle
 from medseg.errors import MedsegError
@@ -24,11 +28,22 @@ ROOT = Path(__file__).resolve().parents[1]
 CT_SCANS = ("real_ct_dicom", "ct_abdomen_3mm.nii.gz")
 
 
-def overlay(predictor: Predictor, path: Path, out: Path) -> dict[str, float]:
+def apart_ml(labels: np.ndarray, value: int, voxel_ml: float) -> float:
+    """mL of a label outside its largest 26-connected piece."""
+    pieces, n = ndimage.label(labels == value, structure=np.ones((3, 3, 3), bool))
+    if n < 2:
+        return 0.0
+    sizes = np.bincount(pieces.ravel())[1:]
+    return float(sizes.sum() - sizes.max()) * voxel_ml
+
+
+def overlay(predictor: Predictor, path: Path, out: Path) -> dict[str, tuple[float, float]]:
+    """The PNG, and each label's (mL, mL apart from its largest piece)."""
     scan = load_scan(path, modality="CT")
     labels = predictor.predict_scan(scan, on_warning=lambda m: print(f"  warning: {m}"))
     write_preview(scan, labels, out, predictor.card.labels, n_axial=4)
-    return label_volumes_ml(labels, scan.voxel_volume_ml, predictor.card.labels)
+    volumes = label_volumes_ml(labels, scan.voxel_volume_ml, predictor.card.labels)
+    return {k: (v, apart_ml(labels, predictor.card.labels[k], scan.voxel_volume_ml)) for k, v in volumes.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         except MedsegError as exc:
             print(f"{path.name}: {exc}")
             continue
-        print(f"{path.name} -> {args.out / (name + '.png')}: " + ", ".join(f"{k} {v:.0f} mL" for k, v in volumes.items()))
+        print(f"{path.name} -> {args.out / (name + '.png')}: " + ", ".join(f"{k} {v:.0f} mL ({a:.0f} apart)" for k, (v, a) in volumes.items()))
     return 0
 
 

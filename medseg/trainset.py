@@ -223,7 +223,7 @@ class SliceSampler:
             depth = case.image.shape[0]
             centre = None
             if case.foreground.size and rng.random() < cfg.foreground_fraction:
-                if self.by_class is not None:
+                if self.by_class is not None and self.by_class[i]:
                     centre = int(rng.choice(list(self.by_class[i])))
                     z = int(rng.choice(self.by_class[i][centre]))
                 else:
