@@ -43,15 +43,15 @@ test-fast: setup
 sample-data: setup
 	$(BIN)/medseg sample-data medseg/resources
 
-# Regenerate the bundled model (about 65 min on 2 CPU cores): 144 phantoms of varied style (15 min),
+# Regenerate the bundled model (about 65 min on 2 CPU cores): 96 phantoms of varied style (10 min),
 # one training command; the best bundle (by validation Dice, measured every 5 epochs) becomes the
 # default model, packaged in medseg/resources/model. The 2.5D context is 3 mm (--context-mm) and
 # foreground patches are drawn class by class (--foreground-sampling class): both training defaults.
 phantoms: setup
-	$(BIN)/medseg phantom runs/phantoms144 --seeds 100-243 --varied
+	$(BIN)/medseg phantom runs/phantoms96 --seeds 100-195 --varied
 
 model: phantoms
-	$(BIN)/medseg train runs/phantoms144 -o runs/bundled --epochs 150 --val-every 5 --steps-per-epoch 60 --crop 128 --loss ce+dice --seed 0 --name medseg-phantom-abdomen-ct
+	$(BIN)/medseg train runs/phantoms96 -o runs/bundled --epochs 150 --val-every 5 --steps-per-epoch 60 --crop 128 --loss ce+dice --seed 0 --name medseg-phantom-abdomen-ct
 	rm -rf medseg/resources/model && cp -r runs/bundled/best medseg/resources/model
 
 # The installable wheel (model, sample case and napari plugin inside) in dist/. Offline: the build

@@ -1,4 +1,4 @@
-"""The bundled model on phantoms it never saw in training (training seeds: 100-243)."""
+"""The bundled model on phantoms it never saw in training (training seeds: 100-195)."""
 
 from pathlib import Path
 
