@@ -54,6 +54,10 @@ class ModelCard:
     orientation: str = "RAS"
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
+    # What inference does to the label map after the network (empty: nothing): "main_piece" (label
+    # names) keeps, of each of those labels, the pieces within "margin_mm" of its largest piece
+    # (medseg.postprocess: a label's voxels on another organ, far from it, become background)
+    postprocessing: dict[str, Any] = field(default_factory=dict)
     # 1st and 99th percentile of the training images' voxel values (HU for CT; values below
     # -1024 HU, padding outside the field of view, left out): scans far outside are warned about
     intensity_range: list[float] | None = None
@@ -163,6 +167,25 @@ def _card_problems(card: ModelCard) -> list[str]:
         if len(r) != 2 or not all(finite_number(v) for v in r) or not r[0] < r[1]:
             problems.append(f"field 'intensity_range': {r} is not an increasing pair of finite values")
     problems += _training_data_problems(card.training_data, card.modality)
+    problems += _postprocessing_problems(card.postprocessing, card.labels)
+    return problems
+
+
+def _postprocessing_problems(post: dict[str, Any], labels: dict[str, int]) -> list[str]:
+    """What is wrong with a card's ``postprocessing`` (unknown keys are refused: inference must
+    not silently skip a step the model's figures were measured with)."""
+    from .schema import finite_number
+
+    if not isinstance(post, dict):
+        return [f"field 'postprocessing': {post!r} is not an object"]
+    problems = [f"field 'postprocessing.{key}': unknown step (this medseg knows main_piece, margin_mm)"
+                for key in post if key not in ("main_piece", "margin_mm")]
+    names = post.get("main_piece", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n in labels and labels[n] != 0 for n in names):
+        problems.append(f"field 'postprocessing.main_piece': {names!r} is not a list of the card's label names")
+    margin = post.get("margin_mm", 0.0)
+    if not (finite_number(margin) and margin >= 0):
+        problems.append(f"field 'postprocessing.margin_mm': {margin!r} is not a distance >= 0 mm")
     return problems
 
 

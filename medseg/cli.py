@@ -281,6 +281,14 @@ def train(
     val_cases: int = typer.Option(_TRAIN.val_cases, min=0, help="Held-out cases (seeded split) unless the dataset names a split; 0 = validate on training cases."),
     hd95: bool = typer.Option(_TRAIN.hd95, "--hd95/--no-hd95", help="HD95 in validation (slower)."),
     val_every: int = typer.Option(_TRAIN.val_every, min=1, help="Validate (and keep the best) every N epochs, and after the last."),
+    lesion_contrast: float = typer.Option(
+        _TRAIN.lesion_contrast, min=0.0, max=1.0,
+        help="Redraw each lesion label's contrast to its surroundings, hypo or hyper, up to this fraction of the "
+             "intensity scale (CT window 500 HU: 0.16 = 80 HU); 0: off."),
+    postprocessing: Optional[str] = typer.Option(
+        _TRAIN.postprocessing,
+        help="What inference does after the network, recorded in the model card: none, or main-piece (each organ "
+             "label keeps only the pieces near its largest). Default: none; a fine-tuned model keeps its source's."),
     amp: str = typer.Option(_TRAIN.amp, help="auto (CUDA: bf16, else fp16 + grad scaler), off, bf16 or fp16."),
     seed: int = typer.Option(_TRAIN.seed),
     name: str = typer.Option(_TRAIN.name, help="Model name recorded in the model card."),
@@ -295,7 +303,8 @@ def train(
         context_mm=context_mm or None,
         spacing=(spacing, spacing), crop=crop, foreground_fraction=foreground_fraction,
         foreground_sampling=foreground_sampling, augment=augment,
-        flip_prob=flip_prob, val_cases=val_cases, hd95=hd95, val_every=val_every, amp=amp, seed=seed, device=device, name=name,
+        flip_prob=flip_prob, val_cases=val_cases, hd95=hd95, val_every=val_every, lesion_contrast=lesion_contrast,
+        postprocessing=postprocessing, amp=amp, seed=seed, device=device, name=name,
         init=str(init) if init else None, freeze_encoder=freeze_encoder, freeze_batchnorm=freeze_batchnorm,
     )
     command = "medseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -315,6 +324,8 @@ def phantom(
     output: Path = typer.Argument(..., help="Dataset folder to write (imagesTr/, labelsTr/, dataset.json)."),
     seeds: str = typer.Option("100-123", help="Seeds: a range '100-123' or a list '1,2,5'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUTPUT."),
+    add: bool = typer.Option(False, "--add", help="Add the seeds' cases to the phantom dataset already in OUTPUT "
+                             "(to mix styles in one dataset)."),
     varied: bool = typer.Option(False, "--varied", help="Each seed its own contrast phase, noise, slice thickness, arms, table."),
     phase: Optional[str] = typer.Option(None, help="non-contrast, arterial, portal-venous or delayed (default: portal-venous; "
                                         "with --varied, each seed's own)."),
@@ -324,8 +335,8 @@ def phantom(
 
     chosen = _parse_seeds(seeds)
     # checks the seeds, the phase and the folder before writing
-    make_dataset(output, chosen, overwrite=overwrite, varied=varied, phase=phase)
-    err.print(f"wrote {len(chosen)} phantom cases to {output}")
+    make_dataset(output, chosen, overwrite=overwrite, varied=varied, phase=phase, add=add)
+    err.print(f"{'added' if add else 'wrote'} {len(chosen)} phantom cases to {output}")
 
 
 @app.command("sample-data")

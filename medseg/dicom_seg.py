@@ -22,6 +22,7 @@ from .dicom_files import quiet_pydicom
 from .dicom_grid import SliceGrid
 from .errors import MedsegError, need_extra
 from .io import atomic_write
+from .labels import is_lesion
 from .rtstruct import Structures
 from .scan import reason
 
@@ -38,7 +39,6 @@ ORGAN_CODES = {
     "duodenum": ("38848004", "Duodenum"), "colon": ("71854001", "Colon"),
 }
 NEOPLASM = ("108369006", "Neoplasm")
-_NEOPLASM_WORDS = re.compile(r"tumou?r|lesion|metasta|neoplas|cancer|carcinoma|nodule")
 CATEGORIES = {"organ": ("91772007", "Organ"), "abnormal": ("49755003", "Morphologically Abnormal Structure"),
               "tissue": ("85756007", "Tissue")}
 
@@ -48,7 +48,7 @@ def property_codes(name: str) -> tuple[tuple[str, str], tuple[str, str]]:
     key = re.sub(r"[^a-z]", "", name.lower())
     if key in ORGAN_CODES:
         return CATEGORIES["organ"], ORGAN_CODES[key]
-    if _NEOPLASM_WORDS.search(name.lower()):
+    if is_lesion(name):
         return CATEGORIES["abnormal"], NEOPLASM
     return CATEGORIES["tissue"], CATEGORIES["tissue"]
 

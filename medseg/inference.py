@@ -308,13 +308,17 @@ class Predictor:
     Built from a :class:`~medseg.bundle.Bundle` and a device: a copy of the model is put in
     eval mode, its Conv2d + BatchNorm2d pairs folded, moved to the device in channels-last
     layout. The caller's bundle is never changed. Then :meth:`predict_scan` (a loaded scan)
-    and :meth:`predict_file` (a path) give label maps on the scan's own grid.
+    and :meth:`predict_file` (a path) give label maps on the scan's own grid, after the card's
+    ``postprocessing`` (:mod:`medseg.postprocess`; ``postprocess=False`` leaves it out). The live
+    preview (:meth:`predict_slice`) shows one slice as the network gives it, before that step.
     """
 
-    def __init__(self, bundle: Bundle, device: str | torch.device | None = None, *, batch_size: int = 8) -> None:
+    def __init__(self, bundle: Bundle, device: str | torch.device | None = None, *, batch_size: int = 8,
+                 postprocess: bool = True) -> None:
         if int(batch_size) < 1:
             raise MedsegError(f"batch size {batch_size}: must be at least 1")
         self.card = bundle.card
+        self.postprocess = bool(postprocess)  # the card's postprocessing (medseg.postprocess) after the network
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         # A copy: folding, moving and eval() never touch the caller's model (it may be training).
@@ -397,6 +401,10 @@ class Predictor:
             progress=progress,
             uncertainty=uncertainty,
         )
+        if self.postprocess and card.postprocessing:
+            from .postprocess import apply_postprocessing
+
+            apply_postprocessing(labels, tuple(float(s) for s in spacing), card.postprocessing, card.labels)
         return np.asfortranarray(from_canonical(labels, ornt, card.orientation))  # NIfTI's order: see predict_volume
 
     def prepare_live(self, scan: Scan, on_warning: Callable[[str], None] | None = None) -> LiveScan:
@@ -456,7 +464,8 @@ class Predictor:
     def predict_slice(self, scan: Scan, k: int, *, cache: LiveScan | None = None) -> np.ndarray:
         """Labels (P, L) of display axial slice ``k``, for a live preview as the user scrolls.
 
-        Equal to ``to_display(self.predict_scan(scan), scan.affine)[0][k]``: the same neighbour
+        Equal to ``to_display(Predictor(bundle, postprocess=False).predict_scan(scan), scan.affine)[0][k]``
+        (the network's labels; the card's postprocessing needs the whole volume): the same neighbour
         slices, intensity range and resampling, one slice at a time. ``cache`` is
         :meth:`prepare_live`'s result; without it the predictor keeps one for the last few scans
         (by identity), so the MR percentile range is computed once per scan.

@@ -8,6 +8,7 @@ one-line :class:`~medseg.errors.MedsegError` naming the file (or layer) it came 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -17,6 +18,15 @@ from .errors import MedsegError
 MAX_LABEL = 65535
 _SHOWN = 8  # undeclared values named in a message
 IGNORE = "ignore"  # nnU-Net v2's name for voxels that are not labelled (sparse annotation)
+
+
+_LESION_WORDS = re.compile(r"tumou?r|lesion|metasta|neoplas|cancer|carcinoma|nodule")
+
+
+def is_lesion(name: str) -> bool:
+    """Whether a label name is a lesion (tumour, tumor, lesion, metastasis, neoplasm, cancer,
+    carcinoma, nodule; any case): DICOM SEG codes it as a neoplasm, training may redraw its contrast."""
+    return bool(_LESION_WORDS.search(str(name).lower()))
 
 
 def is_ignore(name: str) -> bool:

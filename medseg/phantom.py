@@ -290,6 +290,7 @@ def make_dataset(
     overwrite: bool = False,
     varied: bool = False,
     phase: str | None = None,
+    add: bool = False,
 ) -> Path:
     """Write phantoms for ``seeds`` as an nnU-Net v2 style raw dataset; return ``out_dir``.
 
@@ -300,15 +301,19 @@ def make_dataset(
     Layout: imagesTr/phantom_{seed:04d}_0000.nii.gz, labelsTr/phantom_{seed:04d}.nii.gz
     and dataset.json. A folder that already holds a dataset (a dataset.json, or files in
     imagesTr/ or labelsTr/) is refused unless ``overwrite``; then the phantoms' files and
-    dataset.json are written over (other files are left as they are). ``seeds`` must be a
-    non-empty list of distinct non-negative integers.
+    dataset.json are written over (other files are left as they are). ``add``: the cases join
+    the phantom dataset already in the folder (its dataset.json is extended, written last; a
+    seed it holds is refused), so one dataset can mix styles. ``seeds`` must be a non-empty
+    list of distinct non-negative integers.
     """
     from .data import write_dataset_json
 
     seeds = _check_seeds(seeds)
     styles = {seed: _dataset_style(seed, varied, phase) for seed in seeds}
     out = Path(out_dir)
-    _prepare_dataset_folder(out, overwrite)
+    held = _held_styles(out, seeds, overwrite) if add else {}
+    if not add:
+        _prepare_dataset_folder(out, overwrite)
     for seed in seeds:
         ph = make_phantom(seed, shape=shape, spacing=spacing, style=styles[seed])
         write_nifti(
@@ -316,21 +321,51 @@ def make_dataset(
             out / "imagesTr" / f"phantom_{seed:04d}_0000.nii.gz",
             out / "labelsTr" / f"phantom_{seed:04d}.nii.gz",
         )
-    phases = ", ".join(p for p in PHASES if p in {st.phase for st in styles.values()})
-    meta = {
+    all_styles = {**held, **{f"phantom_{seed:04d}": styles[seed].as_dict() for seed in seeds}}
+    write_dataset_json(out, _phantom_meta(all_styles))
+    return out
+
+
+def _phantom_meta(styles: dict[str, dict]) -> dict:
+    """A phantom dataset's dataset.json for the cases' styles (case name -> style as a dict)."""
+    phases = ", ".join(p for p in PHASES if p in {st["phase"] for st in styles.values()})
+    return {
         "name": "MedsegPhantom",
         "description": f"Synthetic {phases} abdominal CT phantoms from medseg.phantom.make_phantom; "
         "each case is named after its seed.",
         "body_region": "abdomen",
         "phase": phases,
-        "phantom_styles": {f"phantom_{seed:04d}": styles[seed].as_dict() for seed in seeds},
+        "phantom_styles": styles,
         "channel_names": {"0": "CT"},
         "labels": dict(LABELS),
-        "numTraining": len(seeds),
+        "numTraining": len(styles),
         "file_ending": ".nii.gz",
     }
-    write_dataset_json(out, meta)
-    return out
+
+
+def _held_styles(out: Path, seeds: list[int], overwrite: bool) -> dict[str, dict]:
+    """The styles of the phantom dataset in ``out`` that ``add`` extends; one-line errors for no
+    such dataset, ``overwrite`` given too, or a seed the dataset (or its folders) already holds."""
+    from .errors import MedsegError
+    from .safety import ensure_writable
+    from .schema import read_json_object
+
+    if overwrite:
+        raise MedsegError("--add and --overwrite: choose one (add cases to a dataset, or replace it)")
+    meta_path = out / "dataset.json"
+    if not meta_path.is_file():
+        raise MedsegError(f"{out}: holds no dataset to add to (no dataset.json); leave out --add to start one")
+    styles = read_json_object(meta_path, "dataset.json").get("phantom_styles")
+    if not isinstance(styles, dict):
+        raise MedsegError(f"{meta_path}: not a phantom dataset (no 'phantom_styles'); --add extends one that "
+                          f"medseg phantom wrote")
+    for seed in seeds:
+        name = f"phantom_{seed:04d}"
+        if name in styles or (out / "labelsTr" / f"{name}.nii.gz").exists() or (
+                out / "imagesTr" / f"{name}_0000.nii.gz").exists():
+            raise MedsegError(f"{out}: already holds case {name} (seed {seed}); each seed is one case")
+    ensure_writable(out, folder=True)
+    return dict(styles)
 
 
 def _dataset_style(seed: int, varied: bool, phase: str | None) -> Style:

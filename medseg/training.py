@@ -48,7 +48,7 @@ from .distributed import DistInfo, Ranks, process_group
 from .domain import training_data_of
 from .errors import MedsegError
 from .io import atomic_write_text
-from .labels import split_ignore
+from .labels import is_lesion, split_ignore
 from .reports import plot_curves, write_history
 from .trainset import (
     PreparedCase,
@@ -56,6 +56,7 @@ from .trainset import (
     class_counts,
     class_weights,
     evaluate_cases,
+    lesion_classes,
     load_validation,
     prepare_cases,
     split_cases,
@@ -141,9 +142,27 @@ def _model_card(cfg: TrainConfig, labels: dict[str, int], modality: str, meta: d
         context_slices=src.context_slices if src else cfg.context_slices,
         context_mm=src.context_mm if src else cfg.context_mm,
         description=str(meta.get("description", "")),
+        postprocessing=_postprocessing(cfg, labels, src),
     )
     card.validate()
     return card
+
+
+MAIN_PIECE_MARGIN_MM = 20.0  # a piece of an organ label further than this from its largest piece is dropped
+
+
+def _postprocessing(cfg: TrainConfig, labels: dict[str, int], src) -> dict:
+    """The card's ``postprocessing``: ``main-piece`` for every organ label (not lesions, not
+    background); None keeps a fine-tuning source's steps for the labels it still has."""
+    if cfg.postprocessing is None:
+        if src is None or not src.postprocessing.get("main_piece"):
+            return {}
+        kept = [n for n in src.postprocessing["main_piece"] if n in labels]
+        return {"main_piece": kept, "margin_mm": src.postprocessing.get("margin_mm", MAIN_PIECE_MARGIN_MM)} if kept else {}
+    if cfg.postprocessing == "none":
+        return {}
+    organs = [n for n, v in labels.items() if v != 0 and not is_lesion(n)]
+    return {"main_piece": organs, "margin_mm": MAIN_PIECE_MARGIN_MM} if organs else {}
 
 
 # ---------------------------------------------------------------------------------------------- model set-up
@@ -225,7 +244,8 @@ class Trainer:
         if state is not None:
             self._restore(state)
         self.net = self.model  # DistributedDataParallel once distribute() ran
-        self.sampler = SliceSampler(data.prepared, cfg, self.card.context_slices, ranks.info.rank, self.card.context_mm)
+        self.sampler = SliceSampler(data.prepared, cfg, self.card.context_slices, ranks.info.rank, self.card.context_mm,
+                                    lesion_classes(self.card))
         self.done = (self.start_epoch - 1) * cfg.steps_per_epoch
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="medseg-prefetch") if self.device.type == "cuda" else None
 
@@ -355,11 +375,7 @@ def _training_notes(cfg: TrainConfig, data: TrainData, trainer: Trainer, dataset
         "validation": "held-out cases" if {c.name for c in val}.isdisjoint(c.name for c in trn) else "training cases",
         "loss": cfg.loss + (f" ({cfg.class_weights} class weights)" if trainer.weight is not None else ""),
         "optimizer": f"{cfg.optimizer}(lr={cfg.learning_rate}, weight_decay={cfg.weight_decay}), {cfg.schedule} schedule",
-        "augmentation": (
-            f"rotate +-{cfg.rotate_deg} deg, scale +-{cfg.scale}, flip p={cfg.flip_prob}, intensity +-{cfg.intensity_jitter}"
-            if cfg.augment
-            else "none"
-        ),
+        "augmentation": _augmentation_note(cfg, trainer.card),
         "sampling": f"{cfg.foreground_fraction:g} of the patches on foreground, by {cfg.foreground_sampling}",
         "seed": cfg.seed,
         "device": str(trainer.device),
@@ -372,6 +388,18 @@ def _training_notes(cfg: TrainConfig, data: TrainData, trainer: Trainer, dataset
         "sparse_labels": _sparse_notes(data),
         "medseg_version": __version__,
     }
+
+
+def _augmentation_note(cfg: TrainConfig, card) -> str:
+    """The model card's ``training.augmentation``: what the augmentation drew."""
+    if not cfg.augment:
+        return "none"
+    note = f"rotate +-{cfg.rotate_deg} deg, scale +-{cfg.scale}, flip p={cfg.flip_prob}, intensity +-{cfg.intensity_jitter}"
+    lesions = [card.class_names[c] for c in lesion_classes(card)]
+    if cfg.lesion_contrast > 0 and lesions:
+        note += (f", lesion contrast +-{cfg.lesion_contrast_min:g}..{cfg.lesion_contrast:g} of the intensity scale"
+                 f" (hypo or hyper, p=0.5) on {', '.join(lesions)}")
+    return note
 
 
 def _sparse_notes(data: TrainData) -> dict | None:

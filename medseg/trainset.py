@@ -30,6 +30,7 @@ from .data import Case
 from .errors import MedsegError
 from .geometry import array_on_grid_of
 from .io import Scan, load_scan
+from .labels import is_lesion
 from .metrics import label_metrics
 from .transforms import IGNORE_INDEX, LoadCased, ToModelSpaced, context_indices, context_step, training_augmentation
 
@@ -195,15 +196,20 @@ class SliceSampler:
     of the classes the case holds, each as likely, then a slice holding it, and the patch is
     placed around one of that class's pixels, so a small tumour or kidney is not cropped away
     and is seen as often as the liver. ``"slice"``: any slice holding foreground, a random window.
+    ``lesion_classes`` (the class indices of lesion labels, :func:`lesion_classes`) get their
+    contrast redrawn when ``cfg.lesion_contrast`` > 0.
     """
 
     def __init__(self, cases: list[PreparedCase], cfg: TrainConfig, context: int, rank: int = 0,
-                 context_mm: float | None = None) -> None:
+                 context_mm: float | None = None, lesion_classes: tuple[int, ...] = ()) -> None:
         self.cases, self.cfg, self.context, self.rank = cases, cfg, context, rank
         self.steps = [context_step(context_mm, case.slice_mm) for case in cases]  # as inference takes them
         self.by_class = [class_slices(case.classes) for case in cases] if cfg.foreground_sampling == "class" else None
         self.augment = (
-            training_augmentation(cfg.rotate_deg, cfg.scale, cfg.flip_prob, cfg.intensity_jitter) if cfg.augment else None
+            training_augmentation(cfg.rotate_deg, cfg.scale, cfg.flip_prob, cfg.intensity_jitter,
+                                  lesion_classes=lesion_classes,
+                                  lesion_contrast=(min(cfg.lesion_contrast_min, cfg.lesion_contrast), cfg.lesion_contrast))
+            if cfg.augment else None
         )
 
     def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,6 +245,11 @@ class SliceSampler:
             xs.append(img)
             ys.append(lab)
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def lesion_classes(card: ModelCard) -> tuple[int, ...]:
+    """The class indices of the card's lesion labels (:func:`~medseg.labels.is_lesion`)."""
+    return tuple(c for c, name in enumerate(card.class_names) if is_lesion(name))
 
 
 @contextmanager

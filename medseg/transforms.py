@@ -139,7 +139,8 @@ class ToModelSpaced(MapTransform):
 
 
 def training_augmentation(
-    rotate_deg: float = 10.0, scale: float = 0.1, flip_prob: float = 0.0, intensity: float = 0.03, prob: float = 0.7
+    rotate_deg: float = 10.0, scale: float = 0.1, flip_prob: float = 0.0, intensity: float = 0.03, prob: float = 0.7,
+    lesion_classes: tuple[int, ...] = (), lesion_contrast: tuple[float, float] = (0.0, 0.0), lesion_prob: float = 0.5,
 ):
     """Random 2D augmentation of ``{"image": (C, H, W), "label": (1, H, W)}`` (MONAI dict transforms).
 
@@ -148,6 +149,9 @@ def training_augmentation(
     anatomy in CT and MR, as TotalSegmentator found when it turned mirroring off); intensity
     jitter kept small (contrast +-``intensity``, shift +-``intensity``/3, noise), because in CT
     the absolute value is the cue: liver and spleen differ by ~20 HU, 0.04 of the window.
+    A lesion is the exception: with ``lesion_classes`` and a ``lesion_contrast`` range,
+    :class:`RandLesionContrastd` redraws a lesion's contrast to the tissue around it (hypo or
+    hyper) with probability ``lesion_prob``, before the jitter.
     """
     import math
 
@@ -174,6 +178,8 @@ def training_augmentation(
                 padding_mode="zeros",
             )
         )
+    if lesion_classes and lesion_contrast[1] > 0:
+        steps.append(RandLesionContrastd(lesion_classes, lesion_contrast, prob=lesion_prob))
     if intensity > 0:
         steps += [
             RandScaleIntensityd("image", factors=intensity, prob=prob),
@@ -205,4 +211,52 @@ class RandNoised(MapTransform, RandomizableTransform):
             img = torch.as_tensor(out[key])
             noise = torch.randn(img.shape, generator=gen, dtype=torch.float32) * sigma
             out[key] = img + noise.to(device=img.device, dtype=img.dtype)
+        return out
+
+
+class RandLesionContrastd(MapTransform, RandomizableTransform):
+    """Label-aware intensity augmentation: a lesion's contrast to the tissue around it, redrawn.
+
+    For a 2D patch ``{"image": (C, H, W), "label": (1, H, W)}`` holding pixels of
+    ``classes`` (class indices of lesion labels), with probability ``prob``: the lesion's mean on
+    the centre channel and the mean of the labelled tissue in a ring ``ring`` pixels wide around
+    it (the organ it sits in; any ring pixel where none is labelled) are measured, and the
+    lesion is shifted on every channel so that its contrast becomes ``+-U(low, high)`` (hypo or
+    hyper, each as likely), its edge softened over a pixel, the result kept inside the intensity
+    scale ([0, 1], or the patch's own range where wider). The lesion's texture is kept. A liver tumour is hypo-attenuating in one
+    phase and hyper-enhancing in another (HCC in the arterial phase); the shape and the place,
+    not the sign of the contrast, make it a lesion.
+    """
+
+    def __init__(self, classes, contrast: tuple[float, float], prob: float = 0.5, ring: int = 3) -> None:
+        MapTransform.__init__(self, ["image", "label"])
+        RandomizableTransform.__init__(self, prob)
+        self.classes = tuple(int(c) for c in classes)
+        self.low, self.high = float(contrast[0]), float(contrast[1])
+        self.ring = int(ring)
+
+    def __call__(self, data: dict) -> dict:
+        self.randomize(None)
+        target = self.R.uniform(self.low, self.high) * (1.0 if self.R.random() < 0.5 else -1.0)
+        if not self._do_transform:
+            return dict(data)
+        img = torch.as_tensor(data["image"])
+        label = torch.as_tensor(data["label"])[0]
+        lesion = torch.zeros(label.shape, dtype=torch.bool)
+        for c in self.classes:
+            lesion |= label == c
+        if not bool(lesion.any()):
+            return dict(data)
+        grown = torch.nn.functional.max_pool2d(lesion[None, None].float(), 2 * self.ring + 1, 1, self.ring)[0, 0] > 0
+        ring = grown & ~lesion
+        tissue = ring & (label > 0) & (label != IGNORE_INDEX)
+        around = tissue if bool(tissue.any()) else ring
+        if not bool(around.any()):
+            return dict(data)
+        centre = img[img.shape[0] // 2].float()
+        shift = target - float(centre[lesion].mean() - centre[around].mean())
+        soft = torch.nn.functional.avg_pool2d(lesion[None, None].float(), 3, 1, 1, count_include_pad=False)[0, 0]
+        lo, hi = min(float(img.min()), 0.0), max(float(img.max()), 1.0)  # the [0, 1] scale, or wider
+        out = dict(data)
+        out["image"] = (img.float() + shift * soft).clamp(lo, hi).to(img.dtype)
         return out

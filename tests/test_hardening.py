@@ -425,6 +425,12 @@ def test_phantom_refuses_an_existing_dataset_unless_overwrite(tmp_path):
     code, _, stderr = run("phantom", ds, "--seeds", "2")
     assert code == 1 and "--overwrite" in one_error_line(stderr)
     assert hash_tree(ds) == before
+    code, _, stderr = run("phantom", ds, "--seeds", "1", "--add")
+    assert code == 1 and "already holds case phantom_0001" in one_error_line(stderr)
+    assert hash_tree(ds) == before
+    code, _, stderr = run("phantom", tmp_path / "none", "--seeds", "1", "--add")
+    assert code == 1 and "no dataset to add to" in one_error_line(stderr)
+    assert not (tmp_path / "none").exists()
 
 
 # ---------------------------------------------------------------------------------------------- child processes

@@ -251,6 +251,35 @@ def test_make_dataset(tmp_path: Path) -> None:
     ]
 
 
+def test_add_mixes_styles_in_one_dataset_and_refuses_what_it_cannot_add(tmp_path: Path) -> None:
+    from medseg.errors import MedsegError
+
+    small = {"shape": (40, 40, 12), "spacing": (9.0, 9.0, 14.0)}
+    out = make_dataset(tmp_path / "ds", [2, 3], varied=True, phase="arterial", **small)
+    make_dataset(out, [7], add=True, **small)  # a default-style (portal-venous) case joins them
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["numTraining"] == 3
+    assert {k: v["phase"] for k, v in meta["phantom_styles"].items()} == {
+        "phantom_0002": "arterial", "phantom_0003": "arterial", "phantom_0007": "portal-venous"}
+    assert meta["phase"] == "arterial, portal-venous" and "arterial, portal-venous" in meta["description"]
+    assert len(list((out / "labelsTr").iterdir())) == 3
+    expected = make_phantom(7, **small)
+    assert np.array_equal(np.asanyarray(nib.load(out / "labelsTr" / "phantom_0007.nii.gz").dataobj), expected.labels)
+    before = (out / "dataset.json").read_text()
+    with pytest.raises(MedsegError, match="already holds case phantom_0003"):
+        make_dataset(out, [8, 3], add=True, **small)
+    assert not (out / "labelsTr" / "phantom_0008.nii.gz").exists()  # checked before anything is written
+    with pytest.raises(MedsegError, match="choose one"):
+        make_dataset(out, [9], add=True, overwrite=True, **small)
+    assert (out / "dataset.json").read_text() == before
+    with pytest.raises(MedsegError, match="no dataset to add to"):
+        make_dataset(tmp_path / "empty", [9], add=True, **small)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "dataset.json").write_text(json.dumps({"labels": {"background": 0}}))
+    with pytest.raises(MedsegError, match="not a phantom dataset"):
+        make_dataset(tmp_path / "other", [9], add=True, **small)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
