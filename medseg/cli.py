@@ -318,6 +318,20 @@ def train(
         err.print(f"best model: epoch {bundle.card.training.get('epoch')}, val mean Dice {mean:.3f}, in {output / 'best'}")
 
 
+@app.command("set-postprocessing")
+@friendly
+def set_postprocessing_cmd(
+    bundle: Path = typer.Argument(..., help="Model bundle folder (model.json + weights)."),
+    step: str = typer.Argument(..., help="none, or main-piece (each organ label keeps only the pieces near its largest)."),
+    output: Path = typer.Option(..., "-o", "--output", help="New folder for the copy (the source is never changed)."),
+) -> None:
+    """Copy a model bundle with the post-processing its card records (the weights unchanged)."""
+    from .training import set_postprocessing
+
+    out = set_postprocessing(bundle, step, output)
+    err.print(f"wrote {out} (post-processing: {step})")
+
+
 @app.command()
 @friendly
 def phantom(

@@ -148,6 +148,31 @@ def _model_card(cfg: TrainConfig, labels: dict[str, int], modality: str, meta: d
     return card
 
 
+def set_postprocessing(source: str | os.PathLike, step: str, output: str | os.PathLike) -> Path:
+    """A copy of the bundle in ``source`` whose card records ``step`` (``none`` or ``main-piece``,
+    as ``--postprocessing`` writes it), in ``output``; the weights are copied unchanged (nnU-Net
+    likewise adds its post-processing to a trained model folder). ``output`` must be new or an
+    empty folder, and not the source or inside it."""
+    from dataclasses import replace
+
+    from .bundle import _bundle_files, load_state_dict
+    from .safety import ensure_writable, is_inside, refuse_overwriting_inputs
+
+    if step not in ("none", "main-piece"):
+        raise MedsegError(f"post-processing {step!r}: expected none or main-piece")
+    src, out = Path(source), Path(output)
+    refuse_overwriting_inputs(out, [("model bundle", src)])
+    if src.is_dir() and is_inside(src, out):
+        raise MedsegError(f"{out}: holds the model bundle {src}; choose another output")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MedsegError(f"{out}: already exists and is not an empty folder; choose a new output folder")
+    bundle = load_bundle(src)
+    ensure_writable(out, folder=True)
+    half = any(t.dtype == torch.float16 for t in load_state_dict(_bundle_files(src)[1]).values())
+    card = replace(bundle.card, postprocessing=_postprocessing(TrainConfig(postprocessing=step), bundle.card.labels, None))
+    return save_bundle(bundle.model, card, out, half=half)
+
+
 MAIN_PIECE_MARGIN_MM = 20.0  # a piece of an organ label further than this from its largest piece is dropped
 
 

@@ -433,6 +433,16 @@ def test_phantom_refuses_an_existing_dataset_unless_overwrite(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_set_postprocessing_refuses_to_write_into_its_bundle(tmp_path):
+    from medseg.bundle import default_bundle_path
+
+    code, _, stderr = run("set-postprocessing", default_bundle_path(), "main-piece", "-o", default_bundle_path() / "x")
+    assert code == 1 and "refusing to write into the model bundle" in one_error_line(stderr)
+    assert not (default_bundle_path() / "x").exists()
+    code, _, stderr = run("set-postprocessing", default_bundle_path(), "holes", "-o", tmp_path / "out")
+    assert code == 1 and "expected none or main-piece" in one_error_line(stderr)
+
+
 # ---------------------------------------------------------------------------------------------- child processes
 
 

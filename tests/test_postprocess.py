@@ -124,3 +124,23 @@ def test_training_writes_organs_only_and_fine_tuning_keeps_the_source_steps():
     src = _bundle({"main_piece": ["liver", "spleen"], "margin_mm": 15.0}).card
     assert _postprocessing(TrainConfig(), {"liver": 1, "tumour": 3}, src) == {"main_piece": ["liver"], "margin_mm": 15.0}
     assert _postprocessing(TrainConfig(postprocessing="none"), labels, src) == {}
+
+
+def test_set_postprocessing_copies_the_bundle_with_the_step_and_keeps_the_source(tmp_path):
+    from medseg.bundle import load_bundle, save_bundle
+    from medseg.training import set_postprocessing
+
+    src = save_bundle(_bundle({}).model, _bundle({}).card, tmp_path / "src", half=True)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    out = set_postprocessing(src, "main-piece", tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # the source is never changed
+    assert (out / "model.safetensors").read_bytes() == before["model.safetensors"]  # the weights as they were
+    assert load_bundle(out).card.postprocessing == {"main_piece": ["liver", "spleen"], "margin_mm": 20.0}
+    assert load_bundle(set_postprocessing(out, "none", tmp_path / "off")).card.postprocessing == {}
+    for bad_out, message in [(src, "refusing to write over"), (src / "x", "refusing to write into"),
+                             (out, "not an empty folder"), (tmp_path, "holds the model bundle")]:
+        with pytest.raises(MedsegError, match=message):
+            set_postprocessing(src, "main-piece", bad_out)
+    with pytest.raises(MedsegError, match="expected none or main-piece"):
+        set_postprocessing(src, "fill-holes", tmp_path / "new")
+    assert not (tmp_path / "new").exists()
