@@ -75,6 +75,11 @@ class TrainConfig:
     half_precision_weights: bool = True
 
     @property
+    def lesion_contrast_range(self) -> tuple[float, float]:
+        """(lowest, highest) redrawn lesion contrast; a minimum above the maximum is taken as it."""
+        return min(self.lesion_contrast_min, self.lesion_contrast), self.lesion_contrast
+
+    @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (5e-4 if self.init else 2e-3)
 

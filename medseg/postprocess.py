@@ -37,10 +37,11 @@ def apply_postprocessing(labels: np.ndarray, spacing: Sequence[float], post: Map
 def keep_main_piece(labels: np.ndarray, value: int, spacing: Sequence[float], margin_mm: float) -> int:
     """Set to 0 the voxels of ``value`` in pieces further than ``margin_mm`` from its largest
     piece (bounding box to bounding box); return how many voxels were set to 0."""
-    box = _bounding_box(labels == value)
+    whole = labels == value
+    box = _bounding_box(whole)
     if box is None:
         return 0
-    mask = labels[box] == value
+    mask = whole[box]
     pool = tuple(max(1, int(_POOL_MM // float(sp))) for sp in spacing[:3])
     pieces, n = ndimage.label(_pooled(mask, pool), _CONNECTIVITY)
     if n < 2:

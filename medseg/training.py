@@ -142,7 +142,7 @@ def _model_card(cfg: TrainConfig, labels: dict[str, int], modality: str, meta: d
         context_slices=src.context_slices if src else cfg.context_slices,
         context_mm=src.context_mm if src else cfg.context_mm,
         description=str(meta.get("description", "")),
-        postprocessing=_postprocessing(cfg, labels, src),
+        postprocessing=_postprocessing(cfg.postprocessing, labels, src),
     )
     card.validate()
     return card
@@ -169,22 +169,23 @@ def set_postprocessing(source: str | os.PathLike, step: str, output: str | os.Pa
     bundle = load_bundle(src)
     ensure_writable(out, folder=True)
     half = any(t.dtype == torch.float16 for t in load_state_dict(_bundle_files(src)[1]).values())
-    card = replace(bundle.card, postprocessing=_postprocessing(TrainConfig(postprocessing=step), bundle.card.labels, None))
+    card = replace(bundle.card, postprocessing=_postprocessing(step, bundle.card.labels, None))
     return save_bundle(bundle.model, card, out, half=half)
 
 
 MAIN_PIECE_MARGIN_MM = 20.0  # a piece of an organ label further than this from its largest piece is dropped
 
 
-def _postprocessing(cfg: TrainConfig, labels: dict[str, int], src) -> dict:
-    """The card's ``postprocessing``: ``main-piece`` for every organ label (not lesions, not
-    background); None keeps a fine-tuning source's steps for the labels it still has."""
-    if cfg.postprocessing is None:
+def _postprocessing(step: str | None, labels: dict[str, int], src) -> dict:
+    """The card's ``postprocessing`` for ``step`` (``TrainConfig.postprocessing``): ``main-piece``
+    for every organ label (not lesions, not background); None keeps a fine-tuning source's steps
+    for the labels it still has."""
+    if step is None:
         if src is None or not src.postprocessing.get("main_piece"):
             return {}
         kept = [n for n in src.postprocessing["main_piece"] if n in labels]
         return {"main_piece": kept, "margin_mm": src.postprocessing.get("margin_mm", MAIN_PIECE_MARGIN_MM)} if kept else {}
-    if cfg.postprocessing == "none":
+    if step == "none":
         return {}
     organs = [n for n, v in labels.items() if v != 0 and not is_lesion(n)]
     return {"main_piece": organs, "margin_mm": MAIN_PIECE_MARGIN_MM} if organs else {}
@@ -422,7 +423,8 @@ def _augmentation_note(cfg: TrainConfig, card) -> str:
     note = f"rotate +-{cfg.rotate_deg} deg, scale +-{cfg.scale}, flip p={cfg.flip_prob}, intensity +-{cfg.intensity_jitter}"
     lesions = [card.class_names[c] for c in lesion_classes(card)]
     if cfg.lesion_contrast > 0 and lesions:
-        note += (f", lesion contrast +-{cfg.lesion_contrast_min:g}..{cfg.lesion_contrast:g} of the intensity scale"
+        low, high = cfg.lesion_contrast_range
+        note += (f", lesion contrast +-{low:g}..{high:g} of the intensity scale"
                  f" (hypo or hyper, p=0.5) on {', '.join(lesions)}")
     return note
 

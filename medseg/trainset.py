@@ -208,7 +208,7 @@ class SliceSampler:
         self.augment = (
             training_augmentation(cfg.rotate_deg, cfg.scale, cfg.flip_prob, cfg.intensity_jitter,
                                   lesion_classes=lesion_classes,
-                                  lesion_contrast=(min(cfg.lesion_contrast_min, cfg.lesion_contrast), cfg.lesion_contrast))
+                                  lesion_contrast=cfg.lesion_contrast_range)
             if cfg.augment else None
         )
 

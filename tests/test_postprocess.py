@@ -118,12 +118,12 @@ def test_a_bad_postprocessing_field_is_named(post, field):
 
 def test_training_writes_organs_only_and_fine_tuning_keeps_the_source_steps():
     labels = {"liver": 1, "spleen": 2, "liver_tumour": 5}
-    assert _postprocessing(TrainConfig(postprocessing="main-piece"), labels, None) == {
+    assert _postprocessing(TrainConfig(postprocessing="main-piece").postprocessing, labels, None) == {
         "main_piece": ["liver", "spleen"], "margin_mm": 20.0}
-    assert _postprocessing(TrainConfig(), labels, None) == {}
+    assert _postprocessing(TrainConfig().postprocessing, labels, None) == {}
     src = _bundle({"main_piece": ["liver", "spleen"], "margin_mm": 15.0}).card
-    assert _postprocessing(TrainConfig(), {"liver": 1, "tumour": 3}, src) == {"main_piece": ["liver"], "margin_mm": 15.0}
-    assert _postprocessing(TrainConfig(postprocessing="none"), labels, src) == {}
+    assert _postprocessing(TrainConfig().postprocessing, {"liver": 1, "tumour": 3}, src) == {"main_piece": ["liver"], "margin_mm": 15.0}
+    assert _postprocessing(TrainConfig(postprocessing="none").postprocessing, labels, src) == {}
 
 
 def test_set_postprocessing_copies_the_bundle_with_the_step_and_keeps_the_source(tmp_path):
@@ -134,7 +134,13 @@ def test_set_postprocessing_copies_the_bundle_with_the_step_and_keeps_the_source
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     out = set_postprocessing(src, "main-piece", tmp_path / "out")
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # the source is never changed
-    assert (out / "model.safetensors").read_bytes() == before["model.safetensors"]  # the weights as they were
+    from safetensors.torch import load_file
+
+    # the weights as they were, dtype included (not the file's bytes: safetensors writes its metadata in any order)
+    old_w, new_w = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
+    assert old_w.keys() == new_w.keys() and all(
+        old_w[k].dtype == new_w[k].dtype == (torch.float16 if old_w[k].is_floating_point() else old_w[k].dtype)
+        and torch.equal(old_w[k], new_w[k]) for k in old_w)
     assert load_bundle(out).card.postprocessing == {"main_piece": ["liver", "spleen"], "margin_mm": 20.0}
     assert load_bundle(set_postprocessing(out, "none", tmp_path / "off")).card.postprocessing == {}
     for bad_out, message in [(src, "refusing to write over"), (src / "x", "refusing to write into"),
