@@ -43,7 +43,7 @@ test-fast: setup
 sample-data: setup
 	$(BIN)/medseg sample-data medseg/resources
 
-# Regenerate the bundled model (about 65 min on 2 CPU cores): 96 phantoms of varied style (10 min),
+# Regenerate the bundled model (about 50 min on 2 CPU cores): 96 phantoms of varied style (2.5 min),
 # one training command; the best bundle (by validation Dice, measured every 5 epochs), with the
 # post-processing recorded in its card (set-postprocessing main-piece: organ-label pieces far from
 # each organ's largest become background; the weights unchanged), becomes the default model,

@@ -343,13 +343,15 @@ def phantom(
     varied: bool = typer.Option(False, "--varied", help="Each seed its own contrast phase, noise, slice thickness, arms, table."),
     phase: Optional[str] = typer.Option(None, help="non-contrast, arterial, portal-venous or delayed (default: portal-venous; "
                                         "with --varied, each seed's own)."),
+    workers: int = typer.Option(0, min=0, max=64, help="Processes rendering cases at once; 0: one per CPU core, at "
+                                "most 8 (the files are the same whatever the number)."),
 ) -> None:
     """Generate a training set of synthetic abdominal CT phantoms with ground-truth labels."""
     from .phantom import make_dataset
 
     chosen = _parse_seeds(seeds)
     # checks the seeds, the phase and the folder before writing
-    make_dataset(output, chosen, overwrite=overwrite, varied=varied, phase=phase, add=add)
+    make_dataset(output, chosen, overwrite=overwrite, varied=varied, phase=phase, add=add, workers=workers)
     err.print(f"{'added' if add else 'wrote'} {len(chosen)} phantom cases to {output}")
 
 

@@ -291,6 +291,7 @@ def make_dataset(
     varied: bool = False,
     phase: str | None = None,
     add: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Write phantoms for ``seeds`` as an nnU-Net v2 style raw dataset; return ``out_dir``.
 
@@ -304,7 +305,8 @@ def make_dataset(
     dataset.json are written over (other files are left as they are). ``add``: the cases join
     the phantom dataset already in the folder (its dataset.json is extended, written last; a
     seed it holds is refused), so one dataset can mix styles. ``seeds`` must be a non-empty
-    list of distinct non-negative integers.
+    list of distinct non-negative integers. ``workers``: processes rendering cases at once (0: one
+    per CPU core, at most 8); each case depends on its seed alone, so the files are the same.
     """
     from .data import write_dataset_json
 
@@ -314,16 +316,44 @@ def make_dataset(
     held = _held_styles(out, seeds, overwrite) if add else {}
     if not add:
         _prepare_dataset_folder(out, overwrite)
-    for seed in seeds:
-        ph = make_phantom(seed, shape=shape, spacing=spacing, style=styles[seed])
-        write_nifti(
-            ph,
-            out / "imagesTr" / f"phantom_{seed:04d}_0000.nii.gz",
-            out / "labelsTr" / f"phantom_{seed:04d}.nii.gz",
-        )
+    _render_cases(out, [(seed, shape, spacing, styles[seed]) for seed in seeds], workers)
     all_styles = {**held, **{f"phantom_{seed:04d}": styles[seed].as_dict() for seed in seeds}}
     write_dataset_json(out, _phantom_meta(all_styles))
     return out
+
+
+def _write_case(out: Path, seed: int, shape, spacing, style: Style) -> None:
+    """Render one seed's phantom into the dataset folder ``out`` (imagesTr/ and labelsTr/)."""
+    ph = make_phantom(seed, shape=shape, spacing=spacing, style=style)
+    write_nifti(ph, out / "imagesTr" / f"phantom_{seed:04d}_0000.nii.gz", out / "labelsTr" / f"phantom_{seed:04d}.nii.gz")
+
+
+def _render_cases(out: Path, jobs: list[tuple], workers: int) -> None:
+    """:func:`_write_case` for each (seed, shape, spacing, style), ``workers`` processes at a time.
+
+    The processes are spawned (the parent may hold torch's threads) with one BLAS/OpenMP thread
+    each: with their default threads, 2 processes on 2 cores took 52 s for 6 cases, against 36 s
+    for one process and 18 s like this (``make model``'s 96: 150 s, the files unchanged). A failure
+    stops the cases not yet started."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+    from unittest.mock import patch
+
+    n = min(int(workers) if workers else min(os.cpu_count() or 1, 8), len(jobs))
+    if n <= 1:
+        for job in jobs:
+            _write_case(out, *job)
+        return
+    single = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    # read by each spawned child as it starts; the parent's environment is restored after
+    with patch.dict(os.environ, single), ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_write_case, out, *job) for job in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def _phantom_meta(styles: dict[str, dict]) -> dict:

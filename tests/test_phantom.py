@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -249,6 +250,31 @@ def test_make_dataset(tmp_path: Path) -> None:
         "phantom_0002_0000.nii.gz",
         "phantom_0005_0000.nii.gz",
     ]
+
+
+def test_cases_rendered_in_parallel_are_the_same_files(tmp_path: Path) -> None:
+    """workers=2 (spawned processes) writes what one process writes: each case depends on its seed."""
+    small = {"shape": (40, 40, 12), "spacing": (9.0, 9.0, 14.0), "varied": True}
+    one = make_dataset(tmp_path / "one", [3, 4, 5], workers=1, **small)
+    two = make_dataset(tmp_path / "two", [3, 4, 5], workers=2, **small)
+    assert (one / "dataset.json").read_text() == (two / "dataset.json").read_text()
+    for sub in ("imagesTr", "labelsTr"):
+        names = sorted(p.name for p in (one / sub).iterdir())
+        assert names == sorted(p.name for p in (two / sub).iterdir()) and len(names) == 3
+        for name in names:
+            a, b = nib.load(one / sub / name), nib.load(two / sub / name)
+            assert np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
+            assert np.array_equal(a.affine, b.affine) and a.get_data_dtype() == b.get_data_dtype()
+
+
+def test_a_case_failing_in_a_worker_raises_its_error_and_writes_no_dataset_json(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    with pytest.raises(ValueError, match="shape"):
+        make_dataset(tmp_path / "ds", [3, 4, 5], shape=(40, 0, 12), workers=2)
+    assert not (tmp_path / "ds" / "dataset.json").exists()
+    # the workers' one-thread settings do not stay in this process's environment
+    assert os.environ["OMP_NUM_THREADS"] == "3" and "OPENBLAS_NUM_THREADS" not in os.environ
 
 
 def test_add_mixes_styles_in_one_dataset_and_refuses_what_it_cannot_add(tmp_path: Path) -> None:
