@@ -37,7 +37,7 @@ def score(model: Path | None, seeds: list[int], work: Path) -> list[dict]:
 
     rows = []
     for phase in PHASES:
-        ds = make_dataset(work / phase, seeds, varied=True, phase=phase, overwrite=True)
+        ds = make_dataset(work / phase, seeds, varied=True, phase=phase, overwrite=True, workers=0)
         result = evaluate_model(model or default_bundle_path(), ds, hd95=False)
         for failure in result.failures:
             print(f"{phase}: {failure['case']}: {failure['error']}")
