@@ -1,4 +1,4 @@
-"""The bundled model on phantoms it never saw in training (training seeds: 100-195)."""
+"""The bundled model on phantoms it never saw in training (training seeds: 100-195, 400-431, 600-623)."""
 
 from pathlib import Path
 
