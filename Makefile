@@ -47,7 +47,7 @@ sample-data: setup
 # 1. 96 phantoms of varied style (2.5 min), 150 epochs from scratch (about 50 min); the best bundle
 #    (by validation Dice, measured every 5 epochs) gets the post-processing main-piece (organ-label
 #    pieces far from each organ's largest become background; the weights unchanged).
-# 2. The same 96 plus 32 arterial phantoms (half of their tumours hyper-enhancing), 45 epochs from
+# 2. The same 96 plus 32 arterial phantoms (9 with a hyper-enhancing tumour), 45 epochs from
 #    bundle 1 with the tumour's contrast redrawn hypo or hyper (--lesion-contrast) (about 17 min).
 # 3. Those 128 plus 24 portal-venous phantoms, 30 epochs from bundle 2 (about 11 min). Its best
 #    bundle is the default model, packaged in medseg/resources/model.
