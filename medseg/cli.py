@@ -332,6 +332,25 @@ def set_postprocessing_cmd(
     err.print(f"wrote {out} (post-processing: {step})")
 
 
+@app.command("average-models")
+@friendly
+def average_models(
+    bundles: list[Path] = typer.Argument(..., help="Two or more model bundle folders of one lineage (one fine-tuned from another)."),
+    output: Path = typer.Option(..., "-o", "--output", help="New folder for the averaged bundle (the sources are never changed)."),
+    weights: Optional[str] = typer.Option(None, help="One weight per bundle, e.g. 0.5,0.5 (normalised to sum 1); default: equal."),
+) -> None:
+    """Average the weights of model bundles into one bundle (a model soup: one model's cost)."""
+    from .averaging import average_bundles
+
+    try:
+        parsed = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise MedsegError(f"--weights {weights!r}: expected numbers separated by commas, like 0.5,0.5") from None
+    command = "medseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out_dir = average_bundles(bundles, output, parsed, command=command)
+    err.print(f"wrote {escape(str(out_dir))} (the mean of {len(bundles)} bundles)")
+
+
 @app.command()
 @friendly
 def phantom(

@@ -93,4 +93,20 @@ def ensure_writable(path: str | os.PathLike, *, folder: bool = False) -> None:
             pass
 
 
-__all__ = ["same_file", "is_inside", "refuse_overwriting_inputs", "ensure_writable"]
+def check_new_folder(output: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike]]) -> Path:
+    """Check that ``output`` can become a new folder (a model bundle, written whole): not one of
+    ``inputs`` nor inside a folder input, not holding one of them (replacing it would delete the
+    input), new or an empty folder, and writable."""
+    out = Path(output)
+    inputs = [(role, Path(src)) for role, src in inputs]
+    refuse_overwriting_inputs(out, inputs)
+    for role, src in inputs:
+        if src.exists() and is_inside(src, out):
+            raise MedsegError(f"{out}: holds the {role} {src}; choose another output")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MedsegError(f"{out}: already exists and is not an empty folder; choose a new output folder")
+    ensure_writable(out, folder=True)
+    return out
+
+
+__all__ = ["same_file", "is_inside", "refuse_overwriting_inputs", "ensure_writable", "check_new_folder"]

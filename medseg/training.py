@@ -156,18 +156,13 @@ def set_postprocessing(source: str | os.PathLike, step: str, output: str | os.Pa
     from dataclasses import replace
 
     from .bundle import _bundle_files, load_state_dict
-    from .safety import ensure_writable, is_inside, refuse_overwriting_inputs
+    from .safety import check_new_folder
 
     if step not in ("none", "main-piece"):
         raise MedsegError(f"post-processing {step!r}: expected none or main-piece")
-    src, out = Path(source), Path(output)
-    refuse_overwriting_inputs(out, [("model bundle", src)])
-    if src.is_dir() and is_inside(src, out):
-        raise MedsegError(f"{out}: holds the model bundle {src}; choose another output")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MedsegError(f"{out}: already exists and is not an empty folder; choose a new output folder")
+    src = Path(source)
+    out = check_new_folder(output, [("model bundle", src)])
     bundle = load_bundle(src)
-    ensure_writable(out, folder=True)
     half = any(t.dtype == torch.float16 for t in load_state_dict(_bundle_files(src)[1]).values())
     card = replace(bundle.card, postprocessing=_postprocessing(step, bundle.card.labels, None))
     return save_bundle(bundle.model, card, out, half=half)
