@@ -99,16 +99,23 @@ def _merge(values: list[Any], key: str = "") -> Any:
         return sorted(dict.fromkeys(x for v in present for x in v), key=str)
     if isinstance(present[0], str) and key == "phase":
         return ", ".join(dict.fromkeys(p.strip() for v in present for p in v.split(",") if p.strip()))
-    if isinstance(present[0], str):
-        return " + ".join(dict.fromkeys(present))
+    if isinstance(present[0], str):  # e.g. dataset names: "a + b" (an average's) and "b" give "a + b"
+        return " + ".join(dict.fromkeys(p.strip() for v in present for p in v.split(" + ")))
     return present[0]
+
+
+def _cases(bundles: Sequence[Bundle], key: str) -> list[str]:
+    """The case names in the sources' ``training[key]``, each once, in order."""
+    return list(dict.fromkeys(n for b in bundles for n in b.card.training.get(key) or []))
 
 
 def _training_data(cards, bundles) -> dict[str, Any]:
     data = _merge([c.training_data or None for c in cards]) or {}
-    trained = {n for b in bundles for n in b.card.training.get("train_cases") or []}
+    trained = _cases(bundles, "train_cases")
     if trained and "cases" in data:  # the cases any source learnt from, each once
         data["cases"] = len(trained)
+    if trained and "validation_cases" in data:  # those no source learnt from
+        data["validation_cases"] = len([n for n in _cases(bundles, "val_cases") if n not in set(trained)])
     return data
 
 
@@ -117,12 +124,19 @@ def _training_record(bundles: Sequence[Bundle], paths: Sequence[Path], weights: 
     sources = []
     for bundle, path, weight in zip(bundles, paths, weights):
         t = bundle.card.training
-        sources.append({"path": str(path), "weight": round(weight, 6), "dataset": t.get("dataset"),
-                        "epoch": t.get("epoch"), "val_dice": t.get("val_dice"), "command": t.get("command")})
-    union = lambda key: list(dict.fromkeys(n for b in bundles for n in b.card.training.get(key) or []))  # noqa: E731
+        source = {"path": str(path), "weight": round(weight, 6),
+                  "dataset": t.get("dataset") or bundle.card.training_data.get("dataset"),
+                  "epoch": t.get("epoch"), "val_cases": t.get("val_cases"), "val_dice": t.get("val_dice"),
+                  "command": t.get("command")}
+        if t.get("averaged_from"):  # an average of averages keeps the whole tree
+            source["averaged_from"] = t["averaged_from"]
+        sources.append(source)
+    trained = _cases(bundles, "train_cases")
     record: dict[str, Any] = {"method": "weight average (model soup) of the bundles in averaged_from",
-                              "averaged_from": sources, "train_cases": union("train_cases"),
-                              "val_cases": union("val_cases")}
+                              "averaged_from": sources, "train_cases": trained,
+                              # held out from every source (a source's validation case that another
+                              # source trained on is not held out from the average)
+                              "val_cases": [n for n in _cases(bundles, "val_cases") if n not in set(trained)]}
     if command:
         record["command"] = command
     return record

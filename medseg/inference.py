@@ -63,7 +63,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 # What the per-slice uncertainty means (see :func:`slice_uncertainty`), for reports and the viewer.
 UNCERTAINTY_SCALE = "share of the voxels near predicted structures whose class is uncertain (0..1)"
-UNCERTAIN_SLICE = 0.08  # review slices above this (shifted phantoms, bundled model: 50 % of the bad slices found, 64 % of those flagged bad)
+UNCERTAIN_SLICE = 0.08  # review slices above this (shifted phantoms, bundled model: 48 % of the bad slices found, 58 % of those flagged bad)
 UNCERTAIN_ENTROPY = 0.3  # a voxel is uncertain when its normalised entropy exceeds this
 NEAR_FOREGROUND = 0.9  # "near a structure": p(background) below this, ...
 NEAR_MM = 4.0  # ... or within this many millimetres of such a voxel

@@ -85,6 +85,7 @@ def test_the_card_records_the_sources_and_covers_both_training_domains(tmp_path)
     assert [s["path"] for s in sources] == [str(a), str(b)] and [s["weight"] for s in sources] == [0.5, 0.5]
     assert [s["epoch"] for s in sources] == [3, 7] and sources[0]["val_dice"] == {"liver": 0.9, "liver_tumour": 0.5}
     assert card.training["train_cases"] == ["c1", "c2", "c3", "c4"] and card.training["val_cases"] == ["v1", "v2"]
+    assert sources[0]["val_cases"] == ["v1"] and data_validation(card) == 2
     assert "val_dice" not in card.training  # no score is claimed for the average itself
     data = card.training_data
     assert data["cases"] == 4  # c1..c4, each once
@@ -94,10 +95,28 @@ def test_the_card_records_the_sources_and_covers_both_training_domains(tmp_path)
     assert data["phantom_styles"]["thickness_mm"] == [0.5, 3.0]
     assert data["spacing_mm"] == {"min": [0.7, 0.8, 0.5], "max": [1.5, 1.0, 3.0]}
     assert card.intensity_range == [-1024.0, 600.0]
+    # an average of an average keeps the whole tree; the dataset names are not repeated
+    c = _save(tmp_path, "c", 2, **_second_card_changes())
+    nested = load_bundle(average_bundles([tmp_path / "soup", c], tmp_path / "soup2")).card
+    assert nested.training["averaged_from"][0]["averaged_from"] == sources
+    assert nested.training["averaged_from"][0]["dataset"] == "a + b" and nested.training_data["dataset"] == "a + b"
     # the domain check reads the merged card: arterial is now inside the training domain
     from medseg.domain import describe_training_data
 
     assert "arterial" in describe_training_data(card)
+
+
+def data_validation(card) -> int:
+    return card.training_data["validation_cases"]
+
+
+def test_a_validation_case_another_source_trained_on_is_not_held_out(tmp_path):
+    a = _save(tmp_path, "a", 0)
+    changes = _second_card_changes()
+    changes["training"] = {**changes["training"], "train_cases": ["c2", "v1"], "val_cases": ["v2"]}
+    card = load_bundle(average_bundles([a, _save(tmp_path, "b", 1, **changes)], tmp_path / "soup")).card
+    assert card.training["val_cases"] == ["v2"] and data_validation(card) == 1
+    assert card.training["train_cases"] == ["c1", "c2", "v1"] and card.training_data["cases"] == 3
 
 
 def test_half_precision_sources_give_a_half_precision_average(tmp_path):
