@@ -38,3 +38,17 @@ def hash_tree(*paths) -> dict[str, str]:
             if p.is_file():
                 digests[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return digests
+
+
+def assert_same_labels(got, want, err_msg: str = "", max_share: float = 0.005) -> None:
+    """Two label maps of one model and input computed two ways (another batch size, one slice or
+    the whole volume): equal but for the odd near-tied voxel. CPU kernels chosen per batch size
+    round differently on some processors (seen on AMD EPYC: 1-2 voxels of 800-8600), which flips
+    the argmax where two classes are within rounding of each other. A slice-order, flip or
+    context error changes a large share of these tests' voxels (their labels vary slice to slice)."""
+    import numpy as np
+
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, (err_msg, got.shape, want.shape, got.dtype, want.dtype)
+    differ = int((got != want).sum())
+    assert differ <= max(1, int(max_share * got.size)), f"{err_msg}: {differ} of {got.size} voxels differ"

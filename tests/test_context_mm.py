@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_labels
 
 from medseg.bundle import ModelCard
 from medseg.config import TrainConfig
@@ -60,8 +61,8 @@ def test_thin_slices_live_and_full_runs_agree_and_use_millimetres():
     assert (by_mm != by_slice).any()
     # 3 mm slices: the same input whichever way the card says it
     thick = Scan(scan.array, np.diag([1.5, 1.5, 3.0, 1.0]), Path("thick.nii.gz"), modality="CT")
-    np.testing.assert_array_equal(predictor.predict_scan(thick, on_warning=lambda m: None),
-                                  Predictor(bundle, "cpu").predict_scan(thick, on_warning=lambda m: None))
+    assert_same_labels(predictor.predict_scan(thick, on_warning=lambda m: None),
+                       Predictor(bundle, "cpu").predict_scan(thick, on_warning=lambda m: None), "3 mm slices")
 
 
 def test_training_draws_the_same_neighbours_as_inference():
