@@ -24,7 +24,15 @@ from typing import Any, Sequence
 
 import torch
 
-from .bundle import Bundle, _bundle_files, load_bundle, load_state_dict, save_bundle
+from .bundle import (
+    ModelCard,
+    _bundle_files,
+    check_finite_weights,
+    load_card,
+    load_state_dict,
+    model_with_weights,
+    save_bundle,
+)
 from .errors import MedsegError
 
 # Card fields that must be equal for the weights to mean the same thing
@@ -32,11 +40,11 @@ _SAME = ("architecture", "arch_kwargs", "labels", "modality", "preprocessing", "
          "context_slices", "context_mm", "orientation", "postprocessing")
 
 
-def _check_compatible(bundles: Sequence[Bundle], paths: Sequence[Path]) -> None:
-    first = bundles[0]
-    for bundle, path in zip(bundles[1:], paths[1:]):
+def _check_compatible(cards: Sequence[ModelCard], paths: Sequence[Path]) -> None:
+    first = cards[0]
+    for card, path in zip(cards[1:], paths[1:]):
         for name in _SAME:
-            a, b = getattr(first.card, name), getattr(bundle.card, name)
+            a, b = getattr(first, name), getattr(card, name)
             if a != b:
                 raise MedsegError(f"{path}: field '{name}' is {b!r}, {paths[0]} has {a!r}; "
                                   f"only bundles of one architecture and set-up can be averaged")
@@ -104,39 +112,34 @@ def _merge(values: list[Any], key: str = "") -> Any:
     return present[0]
 
 
-def _cases(bundles: Sequence[Bundle], key: str) -> list[str]:
+def _cases(cards: Sequence[ModelCard], key: str) -> list[str]:
     """The case names in the sources' ``training[key]``, each once, in order."""
-    return list(dict.fromkeys(n for b in bundles for n in b.card.training.get(key) or []))
+    return list(dict.fromkeys(n for c in cards for n in c.training.get(key) or []))
 
 
-def _training_data(cards, bundles) -> dict[str, Any]:
+def _training_data(cards: Sequence[ModelCard], trained: list[str], held_out: list[str]) -> dict[str, Any]:
     data = _merge([c.training_data or None for c in cards]) or {}
-    trained = _cases(bundles, "train_cases")
     if trained and "cases" in data:  # the cases any source learnt from, each once
         data["cases"] = len(trained)
     if trained and "validation_cases" in data:  # those no source learnt from
-        data["validation_cases"] = len([n for n in _cases(bundles, "val_cases") if n not in set(trained)])
+        data["validation_cases"] = len(held_out)
     return data
 
 
-def _training_record(bundles: Sequence[Bundle], paths: Sequence[Path], weights: Sequence[float],
-                     command: str | None) -> dict[str, Any]:
+def _training_record(cards: Sequence[ModelCard], paths: Sequence[Path], weights: Sequence[float],
+                     trained: list[str], held_out: list[str], command: str | None) -> dict[str, Any]:
     sources = []
-    for bundle, path, weight in zip(bundles, paths, weights):
-        t = bundle.card.training
+    for card, path, weight in zip(cards, paths, weights):
+        t = card.training
         source = {"path": str(path), "weight": round(weight, 6),
-                  "dataset": t.get("dataset") or bundle.card.training_data.get("dataset"),
+                  "dataset": t.get("dataset") or card.training_data.get("dataset"),
                   "epoch": t.get("epoch"), "val_cases": t.get("val_cases"), "val_dice": t.get("val_dice"),
                   "command": t.get("command")}
         if t.get("averaged_from"):  # an average of averages keeps the whole tree
             source["averaged_from"] = t["averaged_from"]
         sources.append(source)
-    trained = _cases(bundles, "train_cases")
     record: dict[str, Any] = {"method": "weight average (model soup) of the bundles in averaged_from",
-                              "averaged_from": sources, "train_cases": trained,
-                              # held out from every source (a source's validation case that another
-                              # source trained on is not held out from the average)
-                              "val_cases": [n for n in _cases(bundles, "val_cases") if n not in set(trained)]}
+                              "averaged_from": sources, "train_cases": trained, "val_cases": held_out}
     if command:
         record["command"] = command
     return record
@@ -153,23 +156,26 @@ def average_bundles(sources: Sequence[str | os.PathLike], output: str | os.PathL
         raise MedsegError("average: give at least two model bundles")
     weights = _norm_weights(weights, len(paths))
     out = check_new_folder(output, [("model bundle", p) for p in paths])
-    bundles = [load_bundle(p) for p in paths]
-    _check_compatible(bundles, paths)
+    cards = [load_card(p) for p in paths]
+    _check_compatible(cards, paths)
     files = [_bundle_files(p)[1] for p in paths]
     states = [load_state_dict(f) for f in files]
-    model = bundles[0].model
-    model.load_state_dict(_mean_state(states, weights, paths))
-    cards = [b.card for b in bundles]
+    for state, f in zip(states, files):
+        check_finite_weights(state, f)
+    model = model_with_weights(cards[0], _mean_state(states, weights, paths), files[0])
+    trained = _cases(cards, "train_cases")
+    # held out from every source: a source's validation case that another source trained on is not
+    seen = set(trained)
+    held_out = [n for n in _cases(cards, "val_cases") if n not in seen]
     ranges = [c.intensity_range for c in cards if c.intensity_range]
     card = replace(
         cards[0],
-        training=_training_record(bundles, paths, weights, command),
-        training_data=_training_data(cards, bundles),
+        training=_training_record(cards, paths, weights, trained, held_out, command),
+        training_data=_training_data(cards, trained, held_out),
         intensity_range=[min(r[0] for r in ranges), max(r[1] for r in ranges)] if ranges else None,
         description=_merge([c.description or None for c in cards]) or "",
     )
-    half = all(t.is_floating_point() and t.dtype == torch.float16 for s in states for t in s.values()
-               if t.is_floating_point())
+    half = all(t.dtype == torch.float16 for s in states for t in s.values() if t.is_floating_point())
     return save_bundle(model, card, out, half=half)
 
 

@@ -330,16 +330,24 @@ def load_bundle(path: str | os.PathLike | None = None, device: str | torch.devic
     path = Path(path) if path is not None else default_bundle_path()
     card_path, weights = _bundle_files(path)
     card = load_card(path)
-    model = build_model(card, card_path)
     state = load_state_dict(weights)
     check_finite_weights(state, weights)
+    model = model_with_weights(card, state, weights, card_path)
+    model.to(device).eval()
+    return Bundle(card=card, model=model, path=card_path.parent)
+
+
+def model_with_weights(card: ModelCard, state: dict[str, torch.Tensor], weights: str | Path,
+                       card_path: str | Path = "model card") -> nn.Module:
+    """The card's network holding ``state`` (floating tensors as float32); a one-line error naming
+    ``weights`` when they do not fit it."""
+    model = build_model(card, card_path)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise MedsegError(f"{weights}: weights do not fit the {card.architecture} in the card ({first[:200]})") from None
-    model.to(device).eval()
-    return Bundle(card=card, model=model, path=card_path.parent)
+    return model
 
 
 def save_bundle(model: nn.Module, card: ModelCard, folder: str | os.PathLike, *, half: bool = False) -> Path:
